@@ -1,0 +1,29 @@
+"""ontosearch: ontology term search on ChromaDB, locally or against a deployed service.
+
+The runtime half of the project: ontologies, embedders, snapshots, `connect()`,
+matching and annotation. It never imports pulumi, and it imports its heavy
+dependencies (chromadb, torch) only where they are used, so that the task's restore
+step and the Lambdas load only what they need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["connect", "match"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ontosearch.connect import connect
+    from ontosearch.matcher import match
+
+
+def __getattr__(name: str) -> Any:
+    if name == "connect":
+        from ontosearch.connect import connect
+
+        return connect
+    if name == "match":
+        from ontosearch.matcher import match
+
+        return match
+    raise AttributeError(name)

@@ -1,0 +1,65 @@
+"""Values that several parts of the system must agree on.
+
+Defined once here and imported everywhere (the Pulumi components, the task's
+containers, the local replica, the Lambdas and the tests). Nothing in this
+module imports third-party packages, so the components can read it cheaply.
+"""
+
+from __future__ import annotations
+
+# The chromadb client pinned in requirements.txt and the server image tag must
+# be the same version: a persist directory migrates one way only.
+CHROMA_VERSION = "1.5.9"
+CHROMA_IMAGE = f"chromadb/chroma:{CHROMA_VERSION}"
+
+# Official nginx image for the auth proxy sidecar. The proxy config only uses
+# directives that both this image and Debian's nginx (1.22) understand.
+NGINX_IMAGE = "nginx:1.28.0"
+
+# Inside a task: Chroma listens on loopback only; the proxy is the only port
+# mapped, and so the only way in.
+CHROMA_HOST = "127.0.0.1"
+CHROMA_PORT = 8000
+PROXY_PORT = 8080
+
+# Where Chroma keeps its persist directory in the task (the official image's
+# data path; a volume mounted elsewhere silently loses data).
+DATA_DIR = "/data"
+
+# The two token transports of the chromadb client.
+TOKEN_HEADER = "X-Chroma-Token"
+AUTHORIZATION_HEADER = "Authorization"
+
+# Health endpoints of Chroma 1.x (/api/v1/* answers 410).
+HEARTBEAT_PATH = "/api/v2/heartbeat"
+HEALTHCHECK_PATH = "/api/v2/healthcheck"
+
+# Environment variables read by connect(), serve and the task containers.
+ENV_URL = "CHROMA_URL"
+ENV_TOKEN = "CHROMA_TOKEN"
+ENV_ADMIN_TOKEN = "CHROMA_ADMIN_TOKEN"
+ENV_TOKEN_SECRET_ARN = "CHROMA_TOKEN_SECRET_ARN"
+ENV_PATH = "CHROMA_PATH"
+
+# Snapshot layout (ARCHITECTURE.md section 4).
+SNAPSHOT_FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SNAPSHOT_PREFIX = "snapshots"
+POINTER_KEY = f"{SNAPSHOT_PREFIX}/LATEST"
+
+# Ontologies and the names users may call them by.
+ONTOLOGIES = ("cl", "uberon", "mondo")
+ONTOLOGY_ALIASES = {
+    "cl": "cl",
+    "cell_ontology": "cl",
+    "cell_type": "cl",
+    "celltype": "cl",
+    "uberon": "uberon",
+    "tissue": "uberon",
+    "anatomy": "uberon",
+    "mondo": "mondo",
+    "disease": "mondo",
+}
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+SAPBERT_MODEL = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"

@@ -45,7 +45,11 @@ ENV_PATH = "CHROMA_PATH"
 SNAPSHOT_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SNAPSHOT_PREFIX = "snapshots"
-POINTER_KEY = f"{SNAPSHOT_PREFIX}/LATEST"
+POINTER_NAME = "LATEST"
+POINTER_KEY = f"{SNAPSHOT_PREFIX}/{POINTER_NAME}"
+# Written into a restored persist directory (the manifest of the snapshot it holds), last, so its
+# presence means the restore completed; `serve`, connect() and the matcher read the embedder from it.
+RESTORED_MANIFEST_NAME = ".ontosearch-snapshot.json"
 
 # Ontologies and the names users may call them by.
 ONTOLOGIES = ("cl", "uberon", "mondo")

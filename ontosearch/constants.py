@@ -67,3 +67,18 @@ ONTOLOGY_ALIASES = {
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 SAPBERT_MODEL = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
+
+# Batch workflow (issue 4): container names of the on-demand task that the state machine overrides,
+# the task agent's environment (set per execution by RunTask overrides) and the S3 prefixes the
+# workflow reads and writes in the stack's bucket.
+RESTORE_CONTAINER = "restore"
+TASK_AGENT_CONTAINER = "task-agent"
+ENV_TASK_TOKEN = "TASK_TOKEN"
+ENV_TASK_EXECUTION_START = "TASK_EXECUTION_START"
+ENV_TASK_DEADLINE_SECONDS = "TASK_DEADLINE_SECONDS"
+ENV_TASK_READY_TIMEOUT_SECONDS = "TASK_READY_TIMEOUT_SECONDS"
+ENV_TASK_HEARTBEAT_SECONDS = "TASK_HEARTBEAT_SECONDS"
+ENV_TASK_URL = "TASK_URL"
+WORKFLOW_INPUT_PREFIX = "inputs/"
+WORKFLOW_WORK_PREFIX = "work/"
+WORKFLOW_RESULTS_PREFIX = "results/"

@@ -72,6 +72,8 @@ SAPBERT_MODEL = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
 # the task agent's environment (set per execution by RunTask overrides) and the S3 prefixes the
 # workflow reads and writes in the stack's bucket.
 RESTORE_CONTAINER = "restore"
+CHROMA_CONTAINER = "chroma"
+PROXY_CONTAINER = "proxy"
 TASK_AGENT_CONTAINER = "task-agent"
 ENV_TASK_TOKEN = "TASK_TOKEN"
 ENV_TASK_EXECUTION_START = "TASK_EXECUTION_START"

@@ -41,6 +41,9 @@ ENV_ADMIN_TOKEN = "CHROMA_ADMIN_TOKEN"
 ENV_TOKEN_SECRET_ARN = "CHROMA_TOKEN_SECRET_ARN"
 ENV_PATH = "CHROMA_PATH"
 
+# Proxy tokens are letters and digits only (the proxy pastes them into regexes) and at least this long.
+TOKEN_MIN_LENGTH = 16
+
 # Snapshot layout (ARCHITECTURE.md section 4).
 SNAPSHOT_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -1,0 +1,128 @@
+"""Label normalisation shared by indexing and matching.
+
+The same function turns ontology labels/synonyms into lookup keys at index time and user labels
+into keys at query time, so an exact hit only needs string equality on a metadata field (which
+works through the read-only proxy with `collection.get(where=...)`). Because both sides go
+through the same rules, a rule only has to be consistent, not linguistically perfect: the crude
+singular of "diabetes" is "diabete" on both sides.
+
+What a scientist's label differs by from the ontology's wording, and the rule for it:
+case and whitespace; hyphens and punctuation ("T-cell", "alpha-beta"); plurals ("T cells");
+marker signs ("CD4+" for "CD4-positive", "CD8-" for "CD8-negative"); possessives ("Crohn's");
+roman numerals ("type II" / "type 2"); Greek letters ("γδ"); comma inversions
+("carcinoma, hepatocellular"); a redundant "cell(s)" suffix ("hepatocyte cells").
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_GREEK = {
+    "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "κ": "kappa",
+    "λ": "lambda", "μ": "mu", "σ": "sigma", "τ": "tau", "ω": "omega",
+}
+_ROMAN = {
+    "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7", "viii": "8", "ix": "9", "x": "10",
+}
+# Words after which a lone "i"/"v"/"x" is a numeral, not a letter ("type I", "complex V").
+_NUMBERED = {"type", "class", "grade", "stage", "group", "complex", "phase", "layer", "lamina", "factor"}
+# Endings that look plural but are not (or whose singular would collide with another word).
+_KEEP_S = ("ss", "us", "is", "ys", "os", "as", "ous", "ics", "itis", "osis", "sis")
+
+# "+"/"-" after a marker name, or "pos"/"neg" glued to one ("CD4pos"); never inside plain words.
+_MARKER_POS = re.compile(r"(?<=[0-9A-Za-z])(?:\+|\(\+\))|(?<=[0-9A-Z])pos\b")
+_MARKER_NEG = re.compile(r"(?<=[0-9A-Za-z])(?:-|\(-\)|\u2212)(?=\s|,|/|\)|$)|(?<=[0-9A-Z])neg\b")
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+
+
+def _singular(word: str) -> str:
+    if len(word) <= 3 or not word.endswith("s") or word.endswith(_KEEP_S):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]
+    return word[:-1]
+
+
+def expand_markers(text: str) -> str:
+    """Spell out marker signs the way CL labels do: "CD4+" -> "CD4-positive", "CD8-" -> "CD8-negative"."""
+    text = _MARKER_POS.sub("-positive ", text)
+    text = _MARKER_NEG.sub("-negative ", text)
+    return " ".join(re.sub(r" +([,/)])", r"\1", text).split())
+
+
+def _ascii(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    for letter, name in _GREEK.items():
+        text = text.replace(letter, f" {name} ").replace(letter.upper(), f" {name} ")
+    text = text.replace("’", "'").replace("‐", "-").replace("–", "-")
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def normalize(text: str) -> str:
+    """The lookup key of a label: lower case, ASCII, markers spelt out, singular words, no punctuation."""
+    text = expand_markers(_ascii(text))
+    text = re.sub(r"'s\b", "", text.lower())
+    words = _NON_WORD.sub(" ", text).split()
+    out: list[str] = []
+    for word in words:
+        if word in _ROMAN and (len(word) > 1 and word != "x" or (out and out[-1] in _NUMBERED)):
+            word = _ROMAN[word]
+        elif word == "i" and out and out[-1] in _NUMBERED:
+            word = "1"
+        out.append(_singular(word))
+    return " ".join(out)
+
+
+def uninvert(text: str) -> str | None:
+    """Undo one comma inversion ("carcinoma, hepatocellular" -> "hepatocellular carcinoma"), or None."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        return None
+    return f"{parts[1]} {parts[0]}"
+
+
+def query_keys(text: str, cell_suffix: bool = False) -> list[str]:
+    """Lookup keys to try for a user label, most literal first.
+
+    The label itself and its comma inversion undone; with `cell_suffix` (cell types) also with a
+    trailing "cell(s)" dropped or added: "hepatocyte cells" is "hepatocyte", "Schwann" may mean
+    "Schwann cell".
+    """
+    keys: list[str] = []
+
+    def add(key: str) -> None:
+        if key and key not in keys:
+            keys.append(key)
+
+    bases = [normalize(text)]
+    inverted = uninvert(text)
+    if inverted:
+        bases.append(normalize(inverted))
+    for base in bases:
+        add(base)
+    if not cell_suffix:
+        return keys
+    for base in bases:
+        words = base.split()
+        if len(words) > 1 and words[-1] == "cell" and len(" ".join(words[:-1])) >= 4:
+            add(" ".join(words[:-1]))
+    for base in bases:
+        if base and not base.endswith("cell"):
+            add(base + " cell")
+    return keys
+
+
+def embedding_text(text: str) -> str:
+    """The text to embed for a user label: whitespace collapsed, markers spelt out, inversion undone.
+
+    Kept close to the original wording (case and plurals do not matter to the embedders), but
+    "CD4+" and "carcinoma, hepatocellular" are rewritten as the ontologies write them.
+    """
+    text = " ".join(_ascii(text).split())
+    inverted = uninvert(text) if "," in text else None
+    if inverted and not re.search(r"(?i)positive|negative|\+", text):
+        text = inverted
+    return expand_markers(text)

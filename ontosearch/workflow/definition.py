@@ -1,0 +1,385 @@
+"""The ONE function that produces the batch workflow's Amazon States Language definition.
+
+The Pulumi component deploys exactly what `build_definition` returns, the tests validate it
+(asl-validator, botocore shapes of every service-integration Parameters block) and the local
+runner executes it with aws-local-stepfunctions, so there is no second copy that could drift.
+
+Shape of an execution (ARCHITECTURE.md section 2):
+
+    Validate -> Split -> StartTask (ecs:runTask.waitForTaskToken) -> QueryChunks (Map)
+      -> Merge -> [SaveSnapshot] -> StopTask -> Done
+    any failure after the task may have started -> StopTaskAfterFailure -> Failed (original cause)
+
+Split runs before the task starts: a file that cannot be read fails before any Fargate second is
+paid for, and the task does not idle while the input is chunked. The task is found for stopping
+by `startedBy` = the execution name (ListTasks), not by the RunTask response: with
+waitForTaskToken the response never reaches the state machine when the task fails to report.
+`Catch` does not run on an execution timeout, so the task agent gets the execution start and a
+deadline and stops the task itself (ontosearch.task_agent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ontosearch.constants import (
+    DATA_DIR,
+    ENV_TASK_DEADLINE_SECONDS,
+    ENV_TASK_EXECUTION_START,
+    ENV_TASK_HEARTBEAT_SECONDS,
+    ENV_TASK_READY_TIMEOUT_SECONDS,
+    ENV_TASK_TOKEN,
+    RESTORE_CONTAINER,
+    TASK_AGENT_CONTAINER,
+)
+from ontosearch.workflow.errors import (
+    ChromaUnavailableError,
+    InvalidInputError,
+)
+
+LAMBDA_INVOKE = "arn:aws:states:::lambda:invoke"
+LAMBDA_INVOKE_WAIT = "arn:aws:states:::lambda:invoke.waitForTaskToken"
+ECS_RUN_TASK_WAIT = "arn:aws:states:::ecs:runTask.waitForTaskToken"
+ECS_LIST_TASKS = "arn:aws:states:::aws-sdk:ecs:listTasks"
+ECS_STOP_TASK = "arn:aws:states:::aws-sdk:ecs:stopTask"
+
+# Lambda service errors worth retrying (the names Step Functions gives them).
+LAMBDA_TRANSIENT = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+
+# The task agent's SendTaskHeartbeat interval is this fraction of HeartbeatSeconds, so one lost
+# heartbeat does not fail the execution.
+HEARTBEAT_FRACTION = 3
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """Plain values (resolved ARNs and ids) the definition is built from.
+
+    The component fills it inside `Output.all(...).apply(...)`; the local runner fills it with
+    names its bridge understands. Defaults are the stack-config defaults.
+    """
+
+    cluster_arn: str
+    task_definition_arn: str
+    subnet_ids: Sequence[str]
+    security_group_ids: Sequence[str]
+    validate_function: str
+    split_function: str
+    query_function: str
+    merge_function: str
+    save_function: str
+    map_concurrency: int = 10
+    workflow_timeout_seconds: int = 3600
+    ready_timeout_seconds: int = 600
+    heartbeat_seconds: int = 120
+    chunk_timeout_seconds: int = 300
+    save_timeout_seconds: int = 900
+    # extra life the task gives itself past the execution's TimeoutSeconds before it exits,
+    # so a Catch-driven StopTask normally comes first
+    task_deadline_grace_seconds: int = 120
+    platform_version: str = "LATEST"
+    query_retry_interval_seconds: int = 2
+    query_max_attempts: int = 4
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.map_concurrency <= 40:
+            problems.append(f"map_concurrency must be 1..40 (inline Map), got {self.map_concurrency}")
+        if not self.subnet_ids:
+            problems.append("subnet_ids is empty: the task needs private subnets")
+        if not self.security_group_ids:
+            problems.append("security_group_ids is empty: the task needs its security group")
+        for name in ("workflow_timeout_seconds", "ready_timeout_seconds", "heartbeat_seconds",
+                     "chunk_timeout_seconds", "save_timeout_seconds"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ready_timeout_seconds >= self.workflow_timeout_seconds:
+            problems.append(
+                f"ready_timeout_seconds ({self.ready_timeout_seconds}) must be below "
+                f"workflow_timeout_seconds ({self.workflow_timeout_seconds})"
+            )
+        if self.chunk_timeout_seconds > 900:
+            problems.append(
+                f"chunk_timeout_seconds is {self.chunk_timeout_seconds}; Lambda allows at most 900"
+            )
+        if problems:
+            raise ValueError("invalid workflow settings: " + "; ".join(problems))
+
+    @property
+    def task_deadline_seconds(self) -> int:
+        """Seconds after the execution start at which the task stops itself."""
+        return self.workflow_timeout_seconds + self.task_deadline_grace_seconds
+
+
+def _lambda_task(function: str, payload: dict[str, Any], **rest: Any) -> dict[str, Any]:
+    """A lambda:invoke Task; callers pick OutputPath (replace) or ResultSelector+ResultPath (add)."""
+    state: dict[str, Any] = {
+        "Type": "Task",
+        "Resource": LAMBDA_INVOKE,
+        "Parameters": {"FunctionName": function, "Payload": payload},
+        "Retry": [{
+            "ErrorEquals": LAMBDA_TRANSIENT,
+            "IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2.0, "JitterStrategy": "FULL",
+        }],
+    }
+    state.update(rest)
+    return state
+
+
+def _catch_to(next_state: str) -> list[dict[str, Any]]:
+    return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": next_state}]
+
+
+def restore_command_expression() -> str:
+    """RunTask override for the restore container: restore the version Validate resolved."""
+    return (
+        "States.Array('python', '-m', 'ontosearch', 'restore-snapshot', '--bucket', $.job.bucket, "
+        f"'--version', $.job.snapshot, '--into', '{DATA_DIR}')"
+    )
+
+
+def _stop_states(prefix: str, then: str, *, on_error: str, cluster: str) -> dict[str, dict[str, Any]]:
+    """ListTasks(startedBy=execution) then StopTask each: finds the task even when it never reported."""
+    list_name, each_name = f"{prefix}", f"{prefix}Each"
+    retry = [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2.0}]
+    return {
+        list_name: {
+            "Type": "Task",
+            "Resource": ECS_LIST_TASKS,
+            "Parameters": {"Cluster": cluster, "StartedBy.$": "$$.Execution.Name"},
+            "ResultSelector": {"arns.$": "$.TaskArns"},
+            "ResultPath": "$.running",
+            "Retry": retry,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.stop_error", "Next": on_error}],
+            "Next": each_name,
+        },
+        each_name: {
+            "Type": "Map",
+            "ItemsPath": "$.running.arns",
+            "MaxConcurrency": 5,
+            "ItemProcessor": {
+                "ProcessorConfig": {"Mode": "INLINE"},
+                "StartAt": f"{prefix}One",
+                "States": {
+                    f"{prefix}One": {
+                        "Type": "Task",
+                        "Resource": ECS_STOP_TASK,
+                        "Parameters": {
+                            "Cluster": cluster,
+                            "Task.$": "$",
+                            "Reason.$": "States.Format('batch workflow {} finished', $$.Execution.Name)",
+                        },
+                        "ResultSelector": {"stopped.$": "$.Task.TaskArn"},
+                        "Retry": retry,
+                        "End": True,
+                    },
+                },
+            },
+            "ResultPath": None,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.stop_error", "Next": on_error}],
+            "Next": then,
+        },
+    }
+
+
+def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
+    """The state machine definition (a dict; `definition_json` gives the deployable string)."""
+    s = settings
+    job_payload = {"job.$": "$.job", "execution.$": "$$.Execution.Name"}
+    states: dict[str, Any] = {
+        "Validate": _lambda_task(
+            s.validate_function,
+            {"request.$": "$", "execution.$": "$$.Execution.Name"},
+            Comment=f"Checks the input and resolves the snapshot; {InvalidInputError.__name__} "
+            "ends the execution before any task starts.",
+            OutputPath="$.Payload",
+            Next="Split",
+        ),
+        "Split": _lambda_task(
+            s.split_function,
+            job_payload,
+            Comment="Reads the input once and writes chunks to S3; the chunk list is small.",
+            ResultSelector={"chunks.$": "$.Payload.chunks", "rows.$": "$.Payload.rows"},
+            ResultPath="$.split",
+            Next="StartTask",
+        ),
+        "StartTask": {
+            "Type": "Task",
+            "Comment": "Runs the snapshot-loaded task; its agent reports ready with the task token.",
+            "Resource": ECS_RUN_TASK_WAIT,
+            "Parameters": {
+                "Cluster": s.cluster_arn,
+                "TaskDefinition": s.task_definition_arn,
+                "LaunchType": "FARGATE",
+                "PlatformVersion": s.platform_version,
+                "StartedBy.$": "$$.Execution.Name",
+                "PropagateTags": "TASK_DEFINITION",
+                "NetworkConfiguration": {
+                    "AwsvpcConfiguration": {
+                        "Subnets": list(s.subnet_ids),
+                        "SecurityGroups": list(s.security_group_ids),
+                        "AssignPublicIp": "DISABLED",
+                    },
+                },
+                "Overrides": {
+                    "ContainerOverrides": [
+                        {"Name": RESTORE_CONTAINER, "Command.$": restore_command_expression()},
+                        {
+                            "Name": TASK_AGENT_CONTAINER,
+                            "Environment": [
+                                {"Name": ENV_TASK_TOKEN, "Value.$": "$$.Task.Token"},
+                                {"Name": ENV_TASK_EXECUTION_START, "Value.$": "$$.Execution.StartTime"},
+                                {"Name": ENV_TASK_DEADLINE_SECONDS, "Value": str(s.task_deadline_seconds)},
+                                {"Name": ENV_TASK_READY_TIMEOUT_SECONDS,
+                                 "Value": str(s.ready_timeout_seconds)},
+                                {"Name": ENV_TASK_HEARTBEAT_SECONDS,
+                                 "Value": str(max(1, s.heartbeat_seconds // HEARTBEAT_FRACTION))},
+                            ],
+                        },
+                    ],
+                },
+            },
+            "HeartbeatSeconds": s.heartbeat_seconds,
+            "TimeoutSeconds": s.ready_timeout_seconds,
+            "ResultPath": "$.task",
+            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Next": "QueryChunks",
+        },
+        "QueryChunks": {
+            "Type": "Map",
+            "Comment": "One query Lambda per chunk; each writes its own part (a retry overwrites it).",
+            "ItemsPath": "$.split.chunks",
+            "MaxConcurrency": s.map_concurrency,
+            "ItemSelector": {
+                "chunk.$": "$$.Map.Item.Value",
+                "job.$": "$.job",
+                "url.$": "$.task.url",
+                "execution.$": "$$.Execution.Name",
+            },
+            "ItemProcessor": {
+                "ProcessorConfig": {"Mode": "INLINE"},
+                "StartAt": "QueryChunk",
+                "States": {
+                    "QueryChunk": {
+                        "Type": "Task",
+                        "Resource": LAMBDA_INVOKE,
+                        "Parameters": {"FunctionName": s.query_function, "Payload.$": "$"},
+                        "OutputPath": "$.Payload",
+                        "TimeoutSeconds": s.chunk_timeout_seconds,
+                        "Retry": [
+                            {
+                                "ErrorEquals": [*LAMBDA_TRANSIENT, ChromaUnavailableError.__name__],
+                                "IntervalSeconds": s.query_retry_interval_seconds,
+                                "MaxAttempts": s.query_max_attempts,
+                                "BackoffRate": 2.0,
+                                "JitterStrategy": "FULL",
+                            },
+                        ],
+                        "End": True,
+                    },
+                },
+            },
+            "ResultPath": None,
+            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Next": "Merge",
+        },
+        "Merge": _lambda_task(
+            s.merge_function,
+            {"job.$": "$.job", "execution.$": "$$.Execution.Name", "chunks.$": "$.split.chunks"},
+            ResultSelector={
+                "output.$": "$.Payload.output",
+                "rows.$": "$.Payload.rows",
+                "annotated.$": "$.Payload.annotated",
+                "errors.$": "$.Payload.errors",
+            },
+            ResultPath="$.result",
+            Catch=_catch_to("StopTaskAfterFailure"),
+            Next="SaveSnapshotRequested",
+        ),
+        "SaveSnapshotRequested": {
+            "Type": "Choice",
+            "Choices": [{"Variable": "$.job.save_snapshot", "BooleanEquals": True, "Next": "SaveSnapshot"}],
+            "Default": "StopTask",
+        },
+        "SaveSnapshot": {
+            "Type": "Task",
+            "Comment": "Asks the task agent to archive the task's data and publish it as a new version.",
+            "Resource": LAMBDA_INVOKE_WAIT,
+            "Parameters": {
+                "FunctionName": s.save_function,
+                "Payload": {**job_payload, "token.$": "$$.Task.Token"},
+            },
+            "TimeoutSeconds": s.save_timeout_seconds,
+            "ResultPath": "$.saved",
+            "Retry": [{"ErrorEquals": LAMBDA_TRANSIENT, "IntervalSeconds": 2, "MaxAttempts": 3,
+                       "BackoffRate": 2.0}],
+            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Next": "StopTask",
+        },
+        **_stop_states("StopTask", "Done", on_error="StopFailed", cluster=s.cluster_arn),
+        "StopFailed": {
+            "Type": "Fail",
+            "Comment": "The results are written but the task could not be stopped; it stops itself at "
+            "its deadline.",
+            "ErrorPath": "$.stop_error.Error",
+            "CausePath": "$.stop_error.Cause",
+        },
+        "Done": {
+            "Type": "Pass",
+            "Parameters": {
+                "output.$": "$.result.output",
+                "rows.$": "$.result.rows",
+                "annotated.$": "$.result.annotated",
+                "errors.$": "$.result.errors",
+                "snapshot.$": "$.job.snapshot",
+                "saved_snapshot.$": "$.saved.version",
+            },
+            "End": True,
+        },
+        **_stop_states("StopTaskAfterFailure", "Failed", on_error="Failed", cluster=s.cluster_arn),
+        "Failed": {
+            "Type": "Fail",
+            "Comment": "Fails with the error that sent the execution here, not the stop's.",
+            "ErrorPath": "$.error.Error",
+            "CausePath": "$.error.Cause",
+        },
+    }
+    definition = {
+        "Comment": "ontosearch batch annotation: a snapshot-loaded Chroma task that lives for one run",
+        "StartAt": "Validate",
+        "TimeoutSeconds": s.workflow_timeout_seconds,
+        "States": states,
+    }
+    return definition
+
+
+def definition_json(settings: WorkflowSettings) -> str:
+    """The definition as the string `aws.sfn.StateMachine(definition=...)` takes."""
+    return json.dumps(build_definition(settings), indent=2, sort_keys=False)
+
+
+def task_states(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every Task state by name, including those inside Map/Parallel (names are unique here)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def walk(states: dict[str, Any]) -> None:
+        for name, state in states.items():
+            if state["Type"] == "Task":
+                found[name] = state
+            elif state["Type"] == "Map":
+                walk((state.get("ItemProcessor") or state["Iterator"])["States"])
+            elif state["Type"] == "Parallel":
+                for branch in state["Branches"]:
+                    walk(branch["States"])
+
+    walk(definition["States"])
+    return found

@@ -1,0 +1,236 @@
+"""The batch workflow definition: structure, asl-validator, botocore shapes of its integrations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import botocore.session
+import pytest
+from botocore.validate import ParamValidator
+
+from ontosearch.constants import (
+    ENV_TASK_DEADLINE_SECONDS,
+    ENV_TASK_TOKEN,
+    RESTORE_CONTAINER,
+    TASK_AGENT_CONTAINER,
+)
+from ontosearch.workflow import definition as wd
+from ontosearch.workflow.node import asl_dir, node_command
+
+SETTINGS = dict(
+    cluster_arn="arn:aws:ecs:us-east-1:123456789012:cluster/ontosearch-dev",
+    task_definition_arn="arn:aws:ecs:us-east-1:123456789012:task-definition/ontosearch-dev-batch:3",
+    subnet_ids=["subnet-0aa11", "subnet-0bb22"],
+    security_group_ids=["sg-0task"],
+    validate_function="arn:aws:lambda:us-east-1:123456789012:function:ontosearch-validate",
+    split_function="arn:aws:lambda:us-east-1:123456789012:function:ontosearch-split",
+    query_function="arn:aws:lambda:us-east-1:123456789012:function:ontosearch-query",
+    merge_function="arn:aws:lambda:us-east-1:123456789012:function:ontosearch-merge",
+    save_function="arn:aws:lambda:us-east-1:123456789012:function:ontosearch-save",
+)
+
+
+@pytest.fixture(scope="module")
+def definition() -> dict:
+    settings = wd.WorkflowSettings(**SETTINGS, map_concurrency=7, workflow_timeout_seconds=1800)
+    return wd.build_definition(settings)
+
+
+def successors(state: dict) -> set[str]:
+    found = {state[k] for k in ("Next", "Default") if k in state}
+    found |= {c["Next"] for c in state.get("Catch", [])}
+    found |= {c["Next"] for c in state.get("Choices", [])}
+    return found
+
+
+def reachable(states: dict, start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(successors(states[name]))
+    return seen
+
+
+def run_validator(path: Path) -> subprocess.CompletedProcess:
+    validator = asl_dir() / "node_modules" / ".bin" / "asl-validator"
+    command = [*node_command(), str(validator), "--json-path", str(path)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_definition_passes_asl_validator(definition, tmp_path: Path) -> None:
+    path = tmp_path / "definition.json"
+    path.write_text(json.dumps(definition))
+    result = run_validator(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_asl_validator_rejects_a_broken_transition(definition, tmp_path: Path) -> None:
+    """Proves the validator check above has teeth."""
+    broken = json.loads(json.dumps(definition))
+    broken["States"]["Merge"]["Next"] = "NoSuchState"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    result = run_validator(path)
+    assert result.returncode != 0
+
+
+def test_machine_has_a_timeout_and_the_task_deadline_outlives_it(definition) -> None:
+    assert definition["TimeoutSeconds"] == 1800
+    start = definition["States"]["StartTask"]
+    agent = next(c for c in start["Parameters"]["Overrides"]["ContainerOverrides"]
+                 if c["Name"] == TASK_AGENT_CONTAINER)
+    env = {e["Name"]: e for e in agent["Environment"]}
+    assert int(env[ENV_TASK_DEADLINE_SECONDS]["Value"]) > definition["TimeoutSeconds"]
+    assert env[ENV_TASK_TOKEN]["Value.$"] == "$$.Task.Token"
+
+
+def test_task_starts_in_private_subnets_without_public_ip_and_waits_for_its_token(definition) -> None:
+    start = definition["States"]["StartTask"]
+    assert start["Resource"] == "arn:aws:states:::ecs:runTask.waitForTaskToken"
+    vpc = start["Parameters"]["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert vpc == {"Subnets": SETTINGS["subnet_ids"], "SecurityGroups": SETTINGS["security_group_ids"],
+                   "AssignPublicIp": "DISABLED"}
+    assert start["Parameters"]["TaskDefinition"] == SETTINGS["task_definition_arn"]
+    assert start["Parameters"]["Cluster"] == SETTINGS["cluster_arn"]
+    assert 0 < start["HeartbeatSeconds"] < start["TimeoutSeconds"]
+    restore = next(c for c in start["Parameters"]["Overrides"]["ContainerOverrides"]
+                   if c["Name"] == RESTORE_CONTAINER)
+    assert "$.job.snapshot" in restore["Command.$"]
+
+
+def test_invalid_input_fails_before_the_task_starts(definition) -> None:
+    states = definition["States"]
+    before_task = reachable(states, "Validate") - reachable(states, "StartTask")
+    assert {"Validate", "Split"} <= before_task
+    for name in before_task:
+        assert not any(
+            "Stop" in c["Next"] for c in states[name].get("Catch", [])
+        ), f"{name} runs before the task exists and must not try to stop it"
+
+
+def test_every_state_after_the_task_starts_is_caught_and_stops_the_task(definition) -> None:
+    states = definition["States"]
+    after = reachable(states, "StartTask")
+    failure_path = reachable(states, "StopTaskAfterFailure")
+    stop_path = reachable(states, "StopTask")
+    for name in after - failure_path - stop_path:
+        state = states[name]
+        if state["Type"] in {"Task", "Map", "Parallel"}:
+            catches = state.get("Catch", [])
+            assert catches and catches[0]["ErrorEquals"] == ["States.ALL"], name
+            assert catches[0]["Next"] == "StopTaskAfterFailure", name
+            assert catches[0]["ResultPath"] == "$.error", name
+    # the failure path ends in a Fail state that reports the ORIGINAL error, not the stop's
+    assert states["Failed"]["Type"] == "Fail"
+    assert states["Failed"]["CausePath"] == "$.error.Cause"
+    assert states["Failed"]["ErrorPath"] == "$.error.Error"
+    for name in ("StopTaskAfterFailure", "StopTaskAfterFailureEach"):
+        assert states[name]["Catch"][0]["ResultPath"] != "$.error"
+    # success path goes through StopTask before Done
+    assert "Done" in reachable(states, "StopTask")
+    assert "Done" not in reachable(states, "Merge") - reachable(states, "StopTask") - {"Done"}
+
+
+def test_map_concurrency_comes_from_settings_and_chunk_queries_retry_transient_errors(definition) -> None:
+    mapping = definition["States"]["QueryChunks"]
+    assert mapping["MaxConcurrency"] == 7
+    assert mapping["ItemProcessor"]["ProcessorConfig"]["Mode"] == "INLINE"
+    query = mapping["ItemProcessor"]["States"]["QueryChunk"]
+    retried = {e for r in query["Retry"] for e in r["ErrorEquals"]}
+    assert {"ChromaUnavailableError", "Lambda.TooManyRequestsException"} <= retried
+    assert "ChromaAuthError" not in retried and "States.ALL" not in retried
+
+
+def test_settings_refuse_bad_values_with_a_clear_message() -> None:
+    with pytest.raises(ValueError, match="map_concurrency must be 1..40"):
+        wd.WorkflowSettings(**SETTINGS, map_concurrency=0)
+    with pytest.raises(ValueError, match="ready_timeout_seconds .* must be below"):
+        wd.WorkflowSettings(**SETTINGS, ready_timeout_seconds=900, workflow_timeout_seconds=600)
+    with pytest.raises(ValueError, match="subnet_ids is empty"):
+        wd.WorkflowSettings(**{**SETTINGS, "subnet_ids": []})
+
+
+# --- botocore validation of every service-integration Parameters block ---------------------------
+
+SERVICES = {
+    wd.ECS_RUN_TASK_WAIT: ("ecs", "RunTask"),
+    wd.ECS_LIST_TASKS: ("ecs", "ListTasks"),
+    wd.ECS_STOP_TASK: ("ecs", "StopTask"),
+    wd.LAMBDA_INVOKE: ("lambda", "Invoke"),
+    wd.LAMBDA_INVOKE_WAIT: ("lambda", "Invoke"),
+}
+
+
+def sample_for(shape):
+    """A value of the right type for a JSONPath (`.$`) parameter, which only runs at execution time."""
+    kind = shape.type_name
+    if kind == "string":
+        return shape.enum[0] if shape.enum else "x"
+    if kind == "list":
+        return [sample_for(shape.member)]
+    if kind in {"integer", "long"}:
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "blob":
+        return b"{}"
+    if kind == "structure":
+        return {}
+    raise AssertionError(f"no sample for {kind}")
+
+
+def to_api(value, shape, path: str, problems: list[str]):
+    """Step Functions Parameters (PascalCase, `.$` keys) -> the API's own member names and types."""
+    if shape.type_name == "structure":
+        out = {}
+        for key, item in value.items():
+            dynamic = key.endswith(".$")
+            base = key[:-2] if dynamic else key
+            # the integration takes the API's member names with a capital first letter, exactly
+            member = next((m for m in (base, base[:1].lower() + base[1:]) if m in shape.members), None)
+            if member is None:
+                problems.append(f"{path}.{base}: not a member of {shape.name}")
+                continue
+            member_shape = shape.members[member]
+            out[member] = sample_for(member_shape) if dynamic else to_api(
+                item, member_shape, f"{path}.{base}", problems)
+        return out
+    if shape.type_name == "list":
+        return [to_api(item, shape.member, f"{path}[]", problems) for item in value]
+    if shape.type_name == "blob":
+        return json.dumps(value).encode()
+    if shape.type_name == "string" and shape.enum and value not in shape.enum:
+        problems.append(f"{path}: {value!r} is not one of {shape.enum}")
+    return value
+
+
+@pytest.mark.parametrize("resource", sorted(SERVICES))
+def test_integration_parameters_match_the_aws_api_shapes(definition, resource: str) -> None:
+    service, operation = SERVICES[resource]
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    states = {n: s for n, s in wd.task_states(definition).items() if s["Resource"] == resource}
+    assert states, f"the definition uses no {resource}"
+    for name, state in states.items():
+        problems: list[str] = []
+        params = to_api(state["Parameters"], shape, name, problems)
+        assert not problems, problems
+        report = ParamValidator().validate(params, shape)
+        assert not report.has_errors(), f"{name}: {report.generate_report()}"
+
+
+def test_shape_check_catches_a_misspelled_parameter(definition) -> None:
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RunTask").input_shape
+    params = json.loads(json.dumps(definition["States"]["StartTask"]["Parameters"]))
+    params["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIP"] = "DISABLED"
+    params["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] = "NO"
+    problems: list[str] = []
+    to_api(params, shape, "StartTask", problems)
+    assert any("AssignPublicIp" in p and "not one of" in p for p in problems), problems
+    assert any("AssignPublicIP" in p and "not a member" in p for p in problems), problems

@@ -1,0 +1,69 @@
+"""The ontosearch Pulumi program: read the stack config, compose the components, export outputs."""
+
+import pulumi
+
+from components.chroma_service import ChromaService, ChromaServiceArgs
+from components.config import StackConfig
+from components.images import Images, ImagesArgs
+from components.network import TASK_INTERFACE_SERVICES, Network, NetworkArgs
+from components.storage import SnapshotBucket, SnapshotBucketArgs
+from components.tokens import Tokens, TokensArgs
+
+config = StackConfig.load()
+network = Network("network", NetworkArgs(
+    egress=config.egress,
+    az_count=config.az_count,
+    vpc_cidr=config.vpc_cidr,
+    vpc_id=config.vpc_id,
+    private_subnet_ids=config.private_subnet_ids,
+    public_subnet_ids=config.public_subnet_ids,
+    public_subnets=config.https,
+    interface_services=list(TASK_INTERFACE_SERVICES),
+))
+storage = SnapshotBucket("snapshots", SnapshotBucketArgs(deletion_protection=config.deletion_protection))
+tokens = Tokens("tokens", TokensArgs(deletion_protection=config.deletion_protection))
+images = Images("images", ImagesArgs(deletion_protection=config.deletion_protection))
+
+service = ChromaService("chroma", ChromaServiceArgs(
+    vpc_id=network.vpc_id,
+    vpc_cidr=network.vpc_cidr,
+    private_subnet_ids=network.private_subnet_ids,
+    public_subnet_ids=network.public_subnet_ids,
+    bucket_name=storage.bucket_name,
+    bucket_arn=storage.bucket_arn,
+    token_secret_arn=tokens.token_secret_arn,
+    admin_token_secret_arn=tokens.admin_token_secret_arn,
+    app_image=images.app_image,
+    chroma_image=images.chroma_image,
+    proxy_image=images.proxy_image,
+    repository_arns=images.repository_arns,
+    cpu=config.cpu,
+    memory=config.memory,
+    ephemeral_storage_gib=config.ephemeral_storage_gib,
+    min_replicas=config.min_replicas,
+    max_replicas=config.max_replicas,
+    snapshot_version=config.snapshot_version,
+    log_retention_days=config.log_retention_days,
+    domain=config.domain,
+    hosted_zone=config.hosted_zone,
+    alarm_email=config.alarm_email,
+    deletion_protection=config.deletion_protection,
+    depends_on=tokens.secret_versions,
+))
+
+pulumi.export("url", service.url)
+pulumi.export("bucket_name", storage.bucket_name)
+pulumi.export("token_secret_arn", tokens.token_secret_arn)
+pulumi.export("admin_token_secret_arn", tokens.admin_token_secret_arn)
+pulumi.export("cluster_arn", service.cluster_arn)
+pulumi.export("service_name", service.service_name)
+pulumi.export("task_definition_arn", service.task_definition_arn)
+pulumi.export("task_role_arn", service.task_role_arn)
+pulumi.export("execution_role_arn", service.execution_role_arn)
+pulumi.export("task_security_group_id", service.task_security_group_id)
+pulumi.export("private_subnet_ids", network.private_subnet_ids)
+pulumi.export("vpc_id", network.vpc_id)
+pulumi.export("log_group_name", service.log_group_name)
+pulumi.export("alarm_topic_arn", service.alarm_topic_arn)
+pulumi.export("chroma_image", images.chroma_image)
+pulumi.export("app_image", images.app_image)

@@ -1,0 +1,407 @@
+"""`python -m components.synth --stack prod [--out FILE]`: the program's resources without AWS.
+
+Runs `__main__.py` under Pulumi mocks with the config of `Pulumi.<stack>.yaml` and prints the
+resource tree (type, name, parent). `--out` writes one JSON object per resource with the inputs
+as the engine receives them (camelCase), secrets shown as "[secret]". No credentials, no Pulumi
+CLI, no network, no Docker. The tests use this same machinery, so they check what synth shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import runpy
+import string
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_MARK = "[secret]"
+MOCK_ACCOUNT = "123456789012"
+MOCK_PASSWORD_PREFIX = "MockToken"
+
+
+def _hash(*parts: str, n: int = 17) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
+
+
+def mock_password(name: str, length: int) -> str:
+    """The value the mocks give a RandomPassword: known, alphanumeric, unique per resource."""
+    alphabet = string.ascii_letters + string.digits
+    digest = hashlib.sha256(name.encode()).digest() * 4
+    body = "".join(alphabet[b % len(alphabet)] for b in digest)
+    return (MOCK_PASSWORD_PREFIX + body)[:length]
+
+
+def project_name(root: Path = ROOT) -> str:
+    for line in (root / "Pulumi.yaml").read_text().splitlines():
+        if line.startswith("name:"):
+            return line.split(":", 1)[1].strip()
+    raise ValueError(f"{root / 'Pulumi.yaml'} has no `name:`")
+
+
+def load_stack_config(stack: str, root: Path = ROOT) -> dict[str, Any]:
+    """`config:` of Pulumi.<stack>.yaml as {"ns:key": value} (native YAML values)."""
+    import yaml
+
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
+        raise SystemExit(f"no stack file {path.name}; known stacks: {', '.join(known) or 'none'}")
+    data = yaml.safe_load(path.read_text()) or {}
+    config = data.get("config") or {}
+    if not isinstance(config, dict):
+        raise SystemExit(f"{path.name}: `config:` must be a mapping")
+    return dict(config)
+
+
+def engine_config(values: Mapping[str, Any], project: str) -> dict[str, str]:
+    """Config as the engine passes it to programs: strings, JSON for structured values, namespaced keys."""
+    out = {}
+    for key, value in values.items():
+        full = key if ":" in key else f"{project}:{key}"
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (dict, list)):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        out[full] = text
+    return out
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    # Inputs with secret values unwrapped (for tests that must see through secrets).
+    raw_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
+    custom: bool = True
+    urn: str = ""
+    parent_urn: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+
+
+def _is_secret(value: Any) -> bool:
+    from pulumi.runtime import rpc
+
+    return rpc.is_rpc_secret(value)
+
+
+def redact(value: Any) -> Any:
+    """Replace every secret with SECRET_MARK (recursively)."""
+    if _is_secret(value):
+        return SECRET_MARK
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return _plain(value)
+
+
+def unwrap(value: Any) -> Any:
+    """Remove secret wrappers, keep the values (recursively)."""
+    from pulumi.runtime import rpc
+
+    if _is_secret(value):
+        return unwrap(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [unwrap(v) for v in value]
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _make_mocks(region: str):
+    import pulumi
+
+    class Mocks(pulumi.runtime.Mocks):
+        """Plausible, distinct ids and ARNs per resource so wiring is visible in the inputs."""
+
+        def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+            inputs = dict(args.inputs)
+            name, typ = args.name, args.typ
+            h = _hash(typ, name)
+            state: dict[str, Any] = dict(inputs)
+            rid = f"{name}-{h[:8]}"
+            service = typ.split(":")[1].split("/")[0] if typ.count(":") >= 2 else "mock"
+            arn = f"arn:aws:{service}:{region}:{MOCK_ACCOUNT}:{name}/{h}"
+            phys_name = unwrap(inputs.get("name")) or f"{name}-{h[:7]}"
+
+            if typ == "random:index/randomPassword:RandomPassword":
+                length = int(unwrap(inputs.get("length", 32)))
+                state["result"] = mock_password(name, length)
+                state["bcryptHash"] = "$2a$10$" + _hash("bcrypt", name, n=53)
+            elif typ == "aws:ec2/vpc:Vpc":
+                rid = f"vpc-{h}"
+                arn = f"arn:aws:ec2:{region}:{MOCK_ACCOUNT}:vpc/{rid}"
+            elif typ == "aws:ec2/subnet:Subnet":
+                rid = f"subnet-{h}"
+                arn = f"arn:aws:ec2:{region}:{MOCK_ACCOUNT}:subnet/{rid}"
+            elif typ == "aws:ec2/securityGroup:SecurityGroup":
+                rid = f"sg-{h}"
+                arn = f"arn:aws:ec2:{region}:{MOCK_ACCOUNT}:security-group/{rid}"
+            elif typ == "aws:ec2/routeTable:RouteTable":
+                rid = f"rtb-{h}"
+            elif typ == "aws:ec2/internetGateway:InternetGateway":
+                rid = f"igw-{h}"
+            elif typ == "aws:ec2/natGateway:NatGateway":
+                rid = f"nat-{h}"
+            elif typ == "aws:ec2/eip:Eip":
+                rid = f"eipalloc-{h}"
+                state["publicIp"] = "198.51.100.7"
+            elif typ == "aws:ec2/vpcEndpoint:VpcEndpoint":
+                rid = f"vpce-{h}"
+            elif typ == "aws:s3/bucket:Bucket":
+                rid = phys_name = unwrap(inputs.get("bucket")) or f"{name}-{h[:8]}".lower()
+                arn = f"arn:aws:s3:::{rid}"
+                state["bucket"] = rid
+                state["bucketDomainName"] = f"{rid}.s3.amazonaws.com"
+            elif typ == "aws:secretsmanager/secret:Secret":
+                arn = f"arn:aws:secretsmanager:{region}:{MOCK_ACCOUNT}:secret:{phys_name}-{h[:6]}"
+                rid = arn
+            elif typ == "aws:iam/role:Role":
+                arn = f"arn:aws:iam::{MOCK_ACCOUNT}:role/{phys_name}"
+                rid = phys_name
+            elif typ == "aws:ecr/repository:Repository":
+                rid = phys_name
+                arn = f"arn:aws:ecr:{region}:{MOCK_ACCOUNT}:repository/{phys_name}"
+                state["repositoryUrl"] = f"{MOCK_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{phys_name}"
+                state["registryId"] = MOCK_ACCOUNT
+            elif typ == "docker-build:index:Image":
+                tags = unwrap(inputs.get("tags")) or [f"{name}:latest"]
+                digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+                state["digest"] = digest
+                state["ref"] = f"{tags[0]}@{digest}"
+            elif typ == "aws:cloudwatch/logGroup:LogGroup":
+                rid = phys_name = unwrap(inputs.get("name")) or f"/ontosearch/{name}-{h[:7]}"
+                arn = f"arn:aws:logs:{region}:{MOCK_ACCOUNT}:log-group:{phys_name}"
+            elif typ == "aws:lb/loadBalancer:LoadBalancer":
+                suffix = f"app/{phys_name[:24]}/{h[:16]}"
+                arn = f"arn:aws:elasticloadbalancing:{region}:{MOCK_ACCOUNT}:loadbalancer/{suffix}"
+                rid = arn
+                state["arnSuffix"] = suffix
+                internal = "internal-" if unwrap(inputs.get("internal")) else ""
+                state["dnsName"] = f"{internal}{phys_name[:24]}-{h[:10]}.{region}.elb.amazonaws.com"
+                state["zoneId"] = "Z35SXDOTRQ7X7K"
+            elif typ == "aws:lb/targetGroup:TargetGroup":
+                suffix = f"targetgroup/{phys_name[:24]}/{h[:16]}"
+                arn = f"arn:aws:elasticloadbalancing:{region}:{MOCK_ACCOUNT}:{suffix}"
+                rid = arn
+                state["arnSuffix"] = suffix
+            elif typ == "aws:lb/listener:Listener":
+                arn = f"arn:aws:elasticloadbalancing:{region}:{MOCK_ACCOUNT}:listener/app/{name}/{h}"
+                rid = arn
+            elif typ == "aws:acm/certificate:Certificate":
+                arn = f"arn:aws:acm:{region}:{MOCK_ACCOUNT}:certificate/{h}"
+                rid = arn
+                domain = unwrap(inputs.get("domainName"))
+                state["domainValidationOptions"] = [{
+                    "domainName": domain,
+                    "resourceRecordName": f"_{h[:12]}.{domain}.",
+                    "resourceRecordType": "CNAME",
+                    "resourceRecordValue": f"_{h[5:17]}.acm-validations.aws.",
+                }]
+            elif typ == "aws:acm/certificateValidation:CertificateValidation":
+                rid = str(unwrap(inputs.get("certificateArn")))
+            elif typ == "aws:route53/record:Record":
+                state["fqdn"] = str(unwrap(inputs.get("name"))).rstrip(".")
+            elif typ == "aws:ecs/cluster:Cluster":
+                arn = f"arn:aws:ecs:{region}:{MOCK_ACCOUNT}:cluster/{phys_name}"
+                rid = arn
+            elif typ == "aws:ecs/service:Service":
+                arn = f"arn:aws:ecs:{region}:{MOCK_ACCOUNT}:service/{phys_name}"
+                rid = arn
+            elif typ == "aws:ecs/taskDefinition:TaskDefinition":
+                family = unwrap(inputs.get("family")) or name
+                arn = f"arn:aws:ecs:{region}:{MOCK_ACCOUNT}:task-definition/{family}:1"
+                rid = family
+                state["revision"] = 1
+                state["arnWithoutRevision"] = arn.rsplit(":", 1)[0]
+            elif typ == "aws:sns/topic:Topic":
+                arn = f"arn:aws:sns:{region}:{MOCK_ACCOUNT}:{phys_name}"
+                rid = arn
+
+            state.setdefault("arn", arn)
+            state.setdefault("name", phys_name)
+            state.setdefault("id", rid)
+            return rid, state
+
+        def call(self, args: pulumi.runtime.MockCallArgs):
+            token, a = args.token, dict(args.args)
+            if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+                names = [f"{region}{z}" for z in "abcdef"]
+                return {"names": names, "zoneIds": [f"use1-az{i + 1}" for i in range(len(names))],
+                        "id": region}
+            if token == "aws:index/getCallerIdentity:getCallerIdentity":
+                return {"accountId": MOCK_ACCOUNT, "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
+                        "userId": "AIDAMOCK", "id": MOCK_ACCOUNT}
+            if token == "aws:index/getRegion:getRegion":
+                return {"name": region, "region": region, "id": region,
+                        "endpoint": f"ec2.{region}.amazonaws.com", "description": region}
+            if token == "aws:index/getPartition:getPartition":
+                return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
+            if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+                return {"userName": "AWS", "password": "mock-ecr-password",
+                        "authorizationToken": "QVdTOm1vY2stZWNyLXBhc3N3b3Jk",
+                        "proxyEndpoint": f"https://{MOCK_ACCOUNT}.dkr.ecr.{region}.amazonaws.com",
+                        "expiresAt": "2030-01-01T00:00:00Z", "id": region}
+            if token == "aws:route53/getZone:getZone":
+                name = str(a.get("name", "example.com")).rstrip(".")
+                zone_id = "Z" + _hash("zone", name, n=13).upper()
+                return {"zoneId": zone_id, "id": zone_id, "name": name,
+                        "arn": f"arn:aws:route53:::hostedzone/{zone_id}", "privateZone": False}
+            if token == "aws:ec2/getVpc:getVpc":
+                return {"id": a.get("id"), "cidrBlock": "10.0.0.0/16", "arn":
+                        f"arn:aws:ec2:{region}:{MOCK_ACCOUNT}:vpc/{a.get('id')}"}
+            if token == "aws:ec2/getRouteTable:getRouteTable":
+                subnet = str(a.get("subnetId", ""))
+                return {"routeTableId": "rtb-" + _hash("rtb", subnet), "id": "rtb-" + _hash("rtb", subnet)}
+            return a
+
+    return Mocks()
+
+
+class _RecordingMonitor:
+    """Wraps MockMonitor.RegisterResource to record the parent of every resource."""
+
+    @staticmethod
+    def create(mocks, records: list[Resource]):
+        from pulumi.runtime import rpc
+        from pulumi.runtime.mocks import MockMonitor
+
+        class Monitor(MockMonitor):
+            def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+                if request.type != "pulumi:pulumi:Stack":
+                    inputs = rpc.deserialize_properties(request.object)
+                    parent = request.parent.split("::")[-1] if request.parent else None
+                    if parent is not None and request.parent.split("::")[2].endswith("pulumi:pulumi:Stack"):
+                        parent = None
+                    records.append(Resource(
+                        type=request.type, name=request.name, parent=parent,
+                        inputs=redact(inputs), raw_inputs=unwrap(inputs), custom=bool(request.custom),
+                        urn=self.make_urn(request.parent, request.type, request.name),
+                        parent_urn=request.parent if parent is not None else None))
+                return super().RegisterResource(request)
+
+        return Monitor(mocks)
+
+
+@dataclass
+class SynthResult:
+    stack: str
+    resources: list[Resource]
+    outputs: dict[str, Any]
+
+    def of_type(self, typ: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name: str | None = None) -> Resource:
+        found = [r for r in self.of_type(typ) if name is None or r.name == name]
+        if len(found) != 1:
+            raise LookupError(f"expected one {typ} {name or ''}, found {len(found)}")
+        return found[0]
+
+
+def synth(stack: str, config: Mapping[str, Any] | None = None, root: Path = ROOT) -> SynthResult:
+    """Run the program under mocks. `config` (as in a stack file) replaces Pulumi.<stack>.yaml's."""
+    import pulumi
+    from pulumi.runtime import mocks as pulumi_mocks
+    from pulumi.runtime import settings
+    from pulumi.runtime.stack import run_pulumi_func
+
+    project = project_name(root)
+    values = dict(load_stack_config(stack, root) if config is None else config)
+    region = str(values.get("aws:region", "us-east-1"))
+    records: list[Resource] = []
+    mocks = _make_mocks(region)
+    monitor = _RecordingMonitor.create(mocks, records)
+
+    settings.reset_options()  # a fresh root stack per run (several synths in one process)
+    pulumi.runtime.set_all_config(engine_config(values, project), [])
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    outputs: dict[str, Any] = {}
+
+    def program() -> None:
+        sys.path.insert(0, str(root))
+        try:
+            runpy.run_path(str(root / "__main__.py"), run_name="__pulumi_program__")
+        finally:
+            sys.path.remove(str(root))
+
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+    pulumi_mocks._sync_await(run_pulumi_func(program))
+    root_resource = settings.get_root_resource()
+    if root_resource is not None:
+        outputs = _resolved_outputs(root_resource)
+    return SynthResult(stack=stack, resources=records, outputs=outputs)
+
+
+def _resolved_outputs(stack_resource: Any) -> dict[str, Any]:
+    from pulumi.runtime import mocks as pulumi_mocks
+
+    out = {}
+    for key, value in getattr(stack_resource, "outputs", {}).items():
+        try:
+            out[key] = pulumi_mocks._sync_await(value.future())
+        except Exception as exc:  # noqa: BLE001 (shown, not hidden)
+            out[key] = f"<unresolved: {exc}>"
+    return out
+
+
+def print_tree(result: SynthResult, stream=sys.stdout) -> None:
+    children: dict[str | None, list[Resource]] = {}
+    for r in result.resources:
+        children.setdefault(r.parent_urn, []).append(r)
+
+    def walk(parent_urn: str | None, depth: int) -> None:
+        for r in sorted(children.get(parent_urn, []), key=lambda r: (r.custom, r.type, r.name)):
+            print(f"{'  ' * depth}{r.type}  {r.name}", file=stream)
+            walk(r.urn, depth + 1)
+
+    print(f"stack {result.stack}: {len(result.resources)} resources", file=stream)
+    walk(None, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.synth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
+    parser.add_argument("--out", type=Path, help="write the resources as a JSON list to this file")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PULUMI_TEST_MODE", "true")
+    try:
+        result = synth(args.stack)
+    except Exception as exc:  # noqa: BLE001 - a config error must read as one line, not a traceback
+        from components.config import ConfigError
+
+        if isinstance(exc, ConfigError):
+            print(f"synth: {exc}", file=sys.stderr)
+            return 2
+        raise
+    print_tree(result)
+    if args.out:
+        args.out.write_text(json.dumps([r.as_json() for r in result.resources], indent=2) + "\n")
+        print(f"wrote {len(result.resources)} resources to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -162,8 +162,8 @@ def check_archive_file(path: str | Path, sha256: str, size: int, label: str) -> 
         raise ArchiveError(f"{label}: archive {path.name} is missing") from None
     if actual_size < size:
         raise ArchiveError(
-            f"{label}: archive {path.name} is truncated ({actual_size} of {size} bytes); "
-            "download or copy it again"
+            f"{label}: archive {path.name} is truncated ({actual_size} of {size} bytes) or the manifest "
+            "belongs to another archive; download or copy the snapshot again"
         )
     if actual_size > size:
         raise ArchiveError(

@@ -86,6 +86,10 @@ class Resource:
     custom: bool = True
     urn: str = ""
     parent_urn: str | None = None
+    id: str = ""
+    protect: bool = False
+    ignore_changes: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -289,6 +293,7 @@ class _RecordingMonitor:
 
         class Monitor(MockMonitor):
             def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+                response = super().RegisterResource(request)
                 if request.type != "pulumi:pulumi:Stack":
                     inputs = rpc.deserialize_properties(request.object)
                     parent = request.parent.split("::")[-1] if request.parent else None
@@ -298,8 +303,11 @@ class _RecordingMonitor:
                         type=request.type, name=request.name, parent=parent,
                         inputs=redact(inputs), raw_inputs=unwrap(inputs), custom=bool(request.custom),
                         urn=self.make_urn(request.parent, request.type, request.name),
-                        parent_urn=request.parent if parent is not None else None))
-                return super().RegisterResource(request)
+                        parent_urn=request.parent if parent is not None else None,
+                        id=response.id, protect=bool(request.protect),
+                        ignore_changes=tuple(request.ignoreChanges),
+                        dependencies=tuple(request.dependencies)))
+                return response
 
         return Monitor(mocks)
 

@@ -87,3 +87,6 @@ ENV_TASK_URL = "TASK_URL"
 WORKFLOW_INPUT_PREFIX = "inputs/"
 WORKFLOW_WORK_PREFIX = "work/"
 WORKFLOW_RESULTS_PREFIX = "results/"
+# Environment of the workflow's Lambdas (set by the BatchWorkflow component, read by lambdas/).
+ENV_WORKFLOW_BUCKET = "WORKFLOW_BUCKET"
+ENV_WORKFLOW_CHUNK_SIZE = "WORKFLOW_CHUNK_SIZE"

@@ -1,0 +1,13 @@
+"""Merge: concatenate the parts into results/<execution>/annotations.csv and count the rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+
+from ontosearch.workflow import steps
+
+
+def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    return steps.merge(event["job"], event["execution"], event["chunks"], boto3.client("s3"))

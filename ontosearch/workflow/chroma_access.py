@@ -1,0 +1,93 @@
+"""How the query step reaches the task's Chroma: token from Secrets Manager, errors sorted by retry policy.
+
+A Lambda container serves many chunks, so the client is cached per container (the token is
+read once by ontosearch.connect.token_from_secret). Errors are translated into the workflow's
+names: a refused token is a configuration mistake (ChromaAuthError, not retried); a proxy that
+does not answer or answers 5xx is transient (ChromaUnavailableError, retried with backoff by the
+state machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from ontosearch.constants import TOKEN_HEADER
+from ontosearch.workflow.errors import ChromaAuthError, ChromaUnavailableError
+
+COLLECTIONS_PATH = "/api/v2/tenants/default_tenant/databases/default_database/collections"
+_clients: dict[tuple[str, str], Any] = {}
+_lock = threading.Lock()
+
+
+def check_access(url: str, token: str, timeout: float = 10.0) -> None:
+    """One authenticated read through the proxy; raises the workflow error that fits the answer."""
+    request = urllib.request.Request(url.rstrip("/") + COLLECTIONS_PATH + "?limit=1",
+                                     headers={TOKEN_HEADER: token})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise ChromaAuthError(
+                f"the task's proxy at {url} refused the token (HTTP {exc.code}); the query Lambda reads a "
+                "different secret than the task's proxy uses; point both at the same Secrets Manager secret"
+            ) from None
+        if exc.code >= 500 or exc.code == 429:
+            raise ChromaUnavailableError(f"the task's proxy at {url} answered HTTP {exc.code}") from None
+        raise ChromaUnavailableError(f"the task's proxy at {url} answered HTTP {exc.code}") from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise ChromaUnavailableError(f"the task's proxy at {url} did not answer: {exc}") from None
+
+
+def client_for(url: str, token: str) -> Any:
+    """A chromadb HttpClient through the proxy, created once per (url, token) after a checked read."""
+    key = (url, token)
+    with _lock:
+        cached = _clients.get(key)
+    if cached is not None:
+        return cached
+    check_access(url, token)
+    import chromadb
+    from chromadb.config import Settings
+
+    parts = urllib.parse.urlsplit(url)
+    with translate_client_errors():
+        client = chromadb.HttpClient(
+            host=parts.hostname, port=parts.port or (443 if parts.scheme == "https" else 80),
+            ssl=parts.scheme == "https", headers={TOKEN_HEADER: token},
+            settings=Settings(anonymized_telemetry=False),
+        )
+    with _lock:
+        _clients[key] = client
+    return client
+
+
+def forget_clients() -> None:
+    with _lock:
+        _clients.clear()
+
+
+@contextlib.contextmanager
+def translate_client_errors() -> Iterator[None]:
+    """chromadb/httpx failures while talking to the task -> the workflow's transient/auth errors."""
+    try:
+        yield
+    except (ChromaAuthError, ChromaUnavailableError):
+        raise
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        lowered = text.lower()
+        if "401" in text or "403" in text or "unauthorized" in lowered or "forbidden" in lowered:
+            raise ChromaAuthError(f"the task's proxy refused the token: {text}") from None
+        module = type(exc).__module__.split(".")[0]
+        if module in {"httpx", "httpcore"} or isinstance(exc, OSError) or any(
+            marker in lowered for marker in ("connect", "timeout", "timed out", "502", "503", "504")
+        ):
+            raise ChromaUnavailableError(f"the task's Chroma did not answer: {text}") from None
+        raise

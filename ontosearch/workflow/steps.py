@@ -1,0 +1,388 @@
+"""The workflow's steps as plain functions over S3: validate, split, query one chunk, merge, save.
+
+The Lambda handlers in lambdas/ only parse their event and call these; the local runner calls the
+same handlers. S3 layout inside the stack's bucket (prefixes in ontosearch.constants):
+
+    inputs/...                                   what users upload (the only place inputs are read)
+    work/<execution>/chunks/<00000>.jsonl        the split input, one JSON row per line
+    work/<execution>/parts/<00000>.csv           one query step's output; a retry overwrites it
+    work/<execution>/save-request.json           asks the task agent to publish a snapshot
+    results/<execution>/annotations.csv          the merged output
+
+Chunks carry the input row number, the label or the reader's error, so every input row reaches the
+output exactly once per rank or once as an error row, as with `ontosearch annotate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ontosearch.constants import (
+    ONTOLOGY_ALIASES,
+    SNAPSHOT_PREFIX,
+    WORKFLOW_INPUT_PREFIX,
+    WORKFLOW_RESULTS_PREFIX,
+    WORKFLOW_WORK_PREFIX,
+)
+from ontosearch.workflow.errors import (
+    ChunkQueryError,
+    InvalidInputError,
+    MergeError,
+)
+
+DEFAULT_CHUNK_SIZE = 500
+MAX_TOP_K = 50
+REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
+INPUT_FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+# execution names become key parts; Step Functions allows these characters (and a few we refuse)
+_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_PART_META = ("rows", "annotated", "errors")
+
+
+def parse_s3_uri(uri: Any) -> tuple[str, str]:
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InvalidInputError(f"input must be an s3://bucket/key URI, got {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InvalidInputError(f"input {uri!r} does not name an object (expected s3://bucket/key)")
+    return bucket, key
+
+
+def _execution(execution: Any) -> str:
+    if not isinstance(execution, str) or not _EXECUTION_NAME.match(execution):
+        raise InvalidInputError(
+            f"execution name {execution!r} must be 1-80 letters, digits, '-' or '_' "
+            "(it names the work and results folders)"
+        )
+    return execution
+
+
+def chunk_key(execution: str, index: int) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/chunks/{index:05d}.jsonl"
+
+
+def part_key(execution: str, index: int) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/parts/{index:05d}.csv"
+
+
+def save_request_key(execution: str) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/save-request.json"
+
+
+def output_key(execution: str) -> str:
+    return f"{WORKFLOW_RESULTS_PREFIX}{_execution(execution)}/annotations.csv"
+
+
+def _error_code(exc: BaseException) -> str:
+    return str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+
+
+def _missing(exc: BaseException) -> bool:
+    return _error_code(exc) in {"NoSuchKey", "404", "NotFound", "403", "AccessDenied"}
+
+
+# --- Validate ------------------------------------------------------------------------------------
+
+def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int = DEFAULT_CHUNK_SIZE
+             ) -> dict[str, Any]:
+    """Check the execution input; resolve the snapshot version and its embedder.
+
+    Returns {"job": {...}, "saved": {"version": None}}: the state every later step reads.
+    Raises InvalidInputError with every problem found, so the user fixes them in one go.
+    """
+    execution = _execution(execution)
+    if not isinstance(request, dict):
+        raise InvalidInputError(f"the execution input must be a JSON object, got {type(request).__name__}")
+    problems: list[str] = []
+    unknown = sorted(set(request) - REQUEST_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(REQUEST_KEYS))
+        problems.append(f"unknown input key(s) {', '.join(unknown)}; allowed: {allowed}")
+
+    input_bucket = key = fmt = None
+    try:
+        input_bucket, key = parse_s3_uri(request.get("input"))
+    except InvalidInputError as exc:
+        problems.append(str(exc))
+    if key is not None:
+        if input_bucket != bucket or not key.startswith(WORKFLOW_INPUT_PREFIX):
+            problems.append(
+                f"input s3://{input_bucket}/{key} is outside this workflow's input folder "
+                f"s3://{bucket}/{WORKFLOW_INPUT_PREFIX}; upload the file there"
+            )
+        fmt = INPUT_FORMATS.get(Path(key).suffix.lower())
+        if fmt is None:
+            problems.append(f"input {key!r} has no supported extension ({', '.join(INPUT_FORMATS)})")
+
+    ontology = request.get("ontology")
+    canonical = ONTOLOGY_ALIASES.get(str(ontology).strip().lower()) if isinstance(ontology, str) else None
+    if canonical is None:
+        problems.append(f"unknown ontology {ontology!r}; use one of {', '.join(sorted(ONTOLOGY_ALIASES))}")
+
+    top_k = request.get("top_k", 3)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        problems.append(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+
+    save = request.get("save_snapshot", False)
+    if not isinstance(save, bool):
+        problems.append(f"save_snapshot must be true or false, got {save!r}")
+
+    column = request.get("column")
+    if column is not None and (not isinstance(column, str) or not column):
+        problems.append(f"column must be a non-empty string, got {column!r}")
+
+    snapshot = request.get("snapshot", "latest")
+    if not isinstance(snapshot, str) or not snapshot:
+        problems.append(f"snapshot must be 'latest' or a version name, got {snapshot!r}")
+
+    if not problems:
+        try:
+            s3.head_object(Bucket=input_bucket, Key=key)
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            problems.append(f"input s3://{input_bucket}/{key} does not exist; upload it first")
+    manifest = None
+    if not problems:
+        manifest, snapshot = _resolve_snapshot(s3, bucket, snapshot)
+        names = [c.name for c in manifest.collections if c.ontology == canonical]
+        if not names:
+            have = ", ".join(sorted({c.ontology for c in manifest.collections})) or "none"
+            problems.append(
+                f"snapshot {snapshot} has no collection for ontology {canonical} (it has: {have}); "
+                "build and publish a snapshot that includes it"
+            )
+    if problems:
+        raise InvalidInputError("invalid input: " + "; ".join(problems))
+    job = {
+        "bucket": bucket,
+        "input": f"s3://{input_bucket}/{key}",
+        "key": key,
+        "format": fmt,
+        "column": column,
+        "ontology": canonical,
+        "top_k": top_k,
+        "snapshot": snapshot,
+        "embedder": manifest.embedder["name"],
+        "save_snapshot": save,
+        "chunk_size": int(chunk_size),
+    }
+    return {"job": job, "saved": {"version": None}}
+
+
+def _resolve_snapshot(s3: Any, bucket: str, snapshot: str) -> tuple[Any, str]:
+    from ontosearch.manifest import Manifest, ManifestError
+    from ontosearch.snapshot_store import SnapshotStore, StoreError, read_pointer
+
+    store = SnapshotStore(bucket, SNAPSHOT_PREFIX)
+    version = snapshot
+    if snapshot == "latest":
+        try:
+            pointer = read_pointer(s3, store)
+        except StoreError as exc:
+            raise InvalidInputError(str(exc)) from None
+        if pointer is None:
+            raise InvalidInputError(
+                f"no snapshot is published in s3://{bucket}/{SNAPSHOT_PREFIX}/; publish one first"
+            )
+        version = pointer.version
+    try:
+        body = s3.get_object(Bucket=bucket, Key=store.manifest_key(version))["Body"].read()
+    except Exception as exc:
+        if not _missing(exc):
+            raise
+        raise InvalidInputError(
+            f"snapshot version {version!r} not found (s3://{bucket}/{store.manifest_key(version)} "
+            "does not exist); use 'latest' or a published version"
+        ) from None
+    try:
+        return Manifest.from_json(body, source=store.url(store.manifest_key(version))), version
+    except ManifestError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+# --- Split ---------------------------------------------------------------------------------------
+
+def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
+    """Read the input once, write chunks of `chunk_size` rows; returns the chunk list and row count."""
+    from ontosearch.label_io import read_labels
+
+    execution = _execution(execution)
+    size = max(1, int(job.get("chunk_size") or DEFAULT_CHUNK_SIZE))
+    chunks: list[dict[str, Any]] = []
+    rows = 0
+    with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp:
+        local = Path(tmp) / Path(job["key"]).name
+        try:
+            s3.download_file(job["bucket"], job["key"], str(local))
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            raise InvalidInputError(
+                f"input {job['input']} disappeared after validation; upload it again") from None
+        buffer: list[str] = []
+
+        def flush() -> None:
+            index = len(chunks)
+            key = chunk_key(execution, index)
+            s3.put_object(Bucket=job["bucket"], Key=key, Body=("\n".join(buffer) + "\n").encode("utf-8"),
+                          ContentType="application/x-ndjson")
+            chunks.append({"index": index, "key": key, "rows": len(buffer)})
+            buffer.clear()
+
+        for row, label, error in read_labels(local, job["format"], job.get("column")):
+            rows += 1
+            buffer.append(json.dumps({"row": row, "label": label, "error": error}, ensure_ascii=False))
+            if len(buffer) >= size:
+                flush()
+        if buffer:
+            flush()
+    return {"chunks": chunks, "rows": rows}
+
+
+# --- Query one chunk -----------------------------------------------------------------------------
+
+def read_chunk(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        if not _missing(exc):
+            raise
+        raise ChunkQueryError(
+            f"chunk s3://{bucket}/{key} is missing; the split step's output was removed") from None
+    try:
+        return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ChunkQueryError(f"chunk s3://{bucket}/{key} is not valid JSON lines ({exc})") from None
+
+
+def query_chunk(
+    event: dict[str, Any],
+    s3: Any,
+    client_for: Callable[[str], Any],
+    embedder_for: Callable[[str], Any],
+) -> dict[str, Any]:
+    """Annotate one chunk and write its part; returns a small summary.
+
+    `client_for(url)` gives a Chroma client through the task's proxy (it raises ChromaAuthError /
+    ChromaUnavailableError), `embedder_for(name)` the embedder named in the snapshot's manifest.
+    """
+    from ontosearch.label_io import write_rows
+
+    job, chunk, execution = event["job"], event["chunk"], _execution(event["execution"])
+    rows = read_chunk(s3, job["bucket"], chunk["key"])
+    labels = [r["label"] for r in rows if r.get("error") is None and r.get("label") is not None]
+    matches: dict[str, list[Any]] = {}
+    if labels:
+        client = client_for(event["url"])
+        embedder = embedder_for(job["embedder"])
+        found = _match(labels, job, client, embedder)
+        matches = dict(zip(labels, found, strict=True))
+    out = io.StringIO()
+    counts = write_rows(out, _result_rows(rows, matches, job["ontology"]))
+    key = part_key(execution, int(chunk["index"]))
+    s3.put_object(
+        Bucket=job["bucket"], Key=key, Body=out.getvalue().encode("utf-8"), ContentType="text/csv",
+        Metadata={name: str(counts[name]) for name in _PART_META},
+    )
+    return {"index": chunk["index"], "part": key, **{name: counts[name] for name in _PART_META}}
+
+
+def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -> list[list[Any]]:
+    from ontosearch.matcher import MatcherError, match
+    from ontosearch.workflow.chroma_access import translate_client_errors
+
+    try:
+        with translate_client_errors():
+            return match(labels, job["ontology"], top_k=int(job["top_k"]), client=client, embedder=embedder)
+    except MatcherError as exc:
+        raise ChunkQueryError(str(exc)) from None
+
+
+def _result_rows(rows: Iterable[dict[str, Any]], matches: dict[str, list[Any]], ontology: str
+                 ) -> Iterable[tuple[int, str | None, str | None, list[Any]]]:
+    for row in rows:
+        label, error = row.get("label"), row.get("error")
+        yield int(row["row"]), label, error, ([] if error else matches.get(label, []))
+
+
+# --- Merge ---------------------------------------------------------------------------------------
+
+def merge(job: dict[str, Any], execution: str, chunks: list[dict[str, Any]], s3: Any) -> dict[str, Any]:
+    """Concatenate the parts in chunk order into results/<execution>/annotations.csv and count."""
+    execution = _execution(execution)
+    bucket = job["bucket"]
+    missing = []
+    totals = dict.fromkeys(_PART_META, 0)
+    with tempfile.TemporaryDirectory(prefix="ontosearch-merge-") as tmp:
+        merged = Path(tmp) / "annotations.csv"
+        header_written = False
+        with open(merged, "w", encoding="utf-8", newline="") as handle:
+            for chunk in sorted(chunks, key=lambda c: int(c["index"])):
+                key = part_key(execution, int(chunk["index"]))
+                try:
+                    response = s3.get_object(Bucket=bucket, Key=key)
+                except Exception as exc:
+                    if not _missing(exc):
+                        raise
+                    missing.append(key)
+                    continue
+                meta = response.get("Metadata") or {}
+                for name in _PART_META:
+                    totals[name] += int(meta.get(name, 0))
+                if int(meta.get("rows", -1)) != int(chunk.get("rows", meta.get("rows", -1))):
+                    raise MergeError(f"part s3://{bucket}/{key} covers {meta.get('rows')} rows but its chunk "
+                                     f"has {chunk.get('rows')}; run the execution again")
+                text = response["Body"].read().decode("utf-8")
+                header, _, body = text.partition("\n")
+                if not header_written:
+                    handle.write(header + "\n")
+                    header_written = True
+                handle.write(body)
+            if not header_written:
+                from ontosearch.label_io import write_rows
+
+                write_rows(handle, [])
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise MergeError(
+                f"{len(missing)} part(s) missing ({shown}); the query step did not finish for them")
+        key = output_key(execution)
+        s3.upload_file(str(merged), bucket, key, ExtraArgs={"ContentType": "text/csv"})
+    return {"output": f"s3://{bucket}/{key}", **totals}
+
+
+# --- Save snapshot request -------------------------------------------------------------------------
+
+def request_save(job: dict[str, Any], execution: str, token: str, s3: Any) -> dict[str, Any]:
+    """Leave the task agent a save request (it polls for it) carrying the callback token."""
+    key = save_request_key(execution)
+    body = {"token": token, "bucket": job["bucket"], "requested": time.time(),
+            "from_snapshot": job["snapshot"]}
+    s3.put_object(Bucket=job["bucket"], Key=key, Body=json.dumps(body).encode(),
+                  ContentType="application/json")
+    return {"request": f"s3://{job['bucket']}/{key}"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInputError(f"environment variable {name}={value!r} must be an integer") from None
+
+
+def read_csv_rows(text: str) -> list[dict[str, str]]:
+    """Rows of a part or the merged output (tests and the local runner read results with it)."""
+    return list(csv.DictReader(io.StringIO(text)))

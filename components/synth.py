@@ -90,6 +90,8 @@ class Resource:
     protect: bool = False
     ignore_changes: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()
+    # What the (mock) provider returned: ids, ARNs, DNS names.
+    state: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
@@ -294,6 +296,8 @@ class _RecordingMonitor:
         class Monitor(MockMonitor):
             def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
                 response = super().RegisterResource(request)
+                urn = self.make_urn(request.parent, request.type, request.name)
+                registered = self.resources.get(urn)
                 if request.type != "pulumi:pulumi:Stack":
                     inputs = rpc.deserialize_properties(request.object)
                     parent = request.parent.split("::")[-1] if request.parent else None
@@ -302,11 +306,12 @@ class _RecordingMonitor:
                     records.append(Resource(
                         type=request.type, name=request.name, parent=parent,
                         inputs=redact(inputs), raw_inputs=unwrap(inputs), custom=bool(request.custom),
-                        urn=self.make_urn(request.parent, request.type, request.name),
+                        urn=urn,
                         parent_urn=request.parent if parent is not None else None,
                         id=response.id, protect=bool(request.protect),
                         ignore_changes=tuple(request.ignoreChanges),
-                        dependencies=tuple(request.dependencies)))
+                        dependencies=tuple(request.dependencies),
+                        state=unwrap(dict(registered.state)) if registered else {}))
                 return response
 
         return Monitor(mocks)

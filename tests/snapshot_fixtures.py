@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ontosearch.manifest import CollectionInfo, Manifest
 
 DIMENSIONS = 16
@@ -62,3 +64,19 @@ def make_snapshot(work: Path, out: Path, collections: dict[str, int], seed: int 
 def copy_snapshot(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+SNAPSHOT_COLLECTIONS = {"cl_test": 40, "uberon_test": 1500}
+
+
+@pytest.fixture(scope="session")
+def snapshot_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """Two snapshots with the same collection names and sizes but different data (A and B).
+
+    uberon_test is larger than Chroma's HNSW sync threshold (1000), cl_test smaller: both ways a
+    collection can sit on disk are covered.
+    """
+    work = tmp_path_factory.mktemp("snapshots")
+    make_snapshot(work, work / "a", SNAPSHOT_COLLECTIONS, seed=0)
+    make_snapshot(work, work / "b", SNAPSHOT_COLLECTIONS, seed=1)
+    return work / "a", work / "b"

@@ -13,23 +13,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from snapshot_fixtures import copy_snapshot, make_snapshot
+from snapshot_fixtures import SNAPSHOT_COLLECTIONS as COLLECTIONS
+from snapshot_fixtures import copy_snapshot
 
 from ontosearch.archive import sha256_file
 from ontosearch.constants import CHROMA_VERSION, MANIFEST_NAME, RESTORED_MANIFEST_NAME
 from ontosearch.manifest import Manifest, ManifestError
 from ontosearch.restore import STAGING_PREFIX, RestoreError, main, read_restored_manifest, restore_from_dir
 
-COLLECTIONS = {"cl_test": 40, "uberon_test": 1500}
-
-
-@pytest.fixture(scope="session")
-def snapshot_pair(tmp_path_factory) -> tuple[Path, Path]:
-    """Two snapshots with the same collection names and sizes but different data (A and B)."""
-    work = tmp_path_factory.mktemp("snapshots")
-    make_snapshot(work, work / "a", COLLECTIONS, seed=0)
-    make_snapshot(work, work / "b", COLLECTIONS, seed=1)
-    return work / "a", work / "b"
+pytest_plugins = ["snapshot_fixtures"]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import pulumi
 
+from components.batch_workflow import BatchWorkflow, BatchWorkflowArgs, args_from_config
 from components.chroma_service import ChromaService, ChromaServiceArgs
 from components.config import StackConfig
 from components.images import Images, ImagesArgs
@@ -50,6 +51,30 @@ service = ChromaService("chroma", ChromaServiceArgs(
     deletion_protection=config.deletion_protection,
     depends_on=tokens.secret_versions,
 ))
+
+if config.batch_workflow:
+    workflow = BatchWorkflow("batch", BatchWorkflowArgs(
+        vpc_id=network.vpc_id,
+        vpc_cidr=network.vpc_cidr,
+        private_subnet_ids=network.private_subnet_ids,
+        bucket_name=storage.bucket_name,
+        bucket_arn=storage.bucket_arn,
+        token_secret_arn=tokens.token_secret_arn,
+        admin_token_secret_arn=tokens.admin_token_secret_arn,
+        cluster_arn=service.cluster_arn,
+        app_image=images.app_image,
+        chroma_image=images.chroma_image,
+        proxy_image=images.proxy_image,
+        repository_arns=images.repository_arns,
+        cpu=config.cpu,
+        memory=config.memory,
+        ephemeral_storage_gib=config.ephemeral_storage_gib,
+        log_retention_days=config.log_retention_days,
+        deletion_protection=config.deletion_protection,
+        **args_from_config(config.extra),
+    ))
+    pulumi.export("batch_state_machine_arn", workflow.state_machine_arn)
+    pulumi.export("batch_task_definition_arn", workflow.task_definition_arn)
 
 pulumi.export("url", service.url)
 pulumi.export("bucket_name", storage.bucket_name)

@@ -1,0 +1,366 @@
+"""BatchWorkflow: the optional on-demand annotation workflow (issue 4), switched on per stack.
+
+A Step Functions state machine (its definition from `ontosearch.workflow.definition`, the same
+function the tests validate and the local runner executes) starts a sibling of the service's task
+definition (restore + chroma + proxy + task agent) in private subnets, fans the input out to a
+query Lambda through the task's auth proxy, merges the parts and always stops the task.
+
+Least privilege, checked by tests on the synthesized policies:
+- state machine: RunTask only this task definition family in this cluster, PassRole only its two
+  task roles (to ECS tasks only), List/Describe/StopTask only in this cluster, invoke only its
+  five Lambdas;
+- each Lambda: only its own prefixes of the bucket (inputs/ read, work/ read/write, results/
+  write, snapshots/ read), and the query Lambda alone reads the token secret;
+- the batch task's security group accepts the proxy port only from the Lambdas' security group.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_docker_build as docker_build
+
+from components.chroma_service import assume_role_policy, execution_role_policy
+from components.task_definition import (
+    RUNTIME_PLATFORM,
+    TASK_VOLUME,
+    TaskSpec,
+    container_definitions,
+    log_configuration,
+)
+from ontosearch import constants as c
+from ontosearch.workflow import definition as wd
+
+LAMBDA_DOCKERFILE = "lambdas/Dockerfile"
+STEPS = ("validate", "split", "query", "merge", "save")
+# memory (MB) per step: the query step loads the embedder and embeds its chunk
+LAMBDA_MEMORY = {"validate": 512, "split": 1024, "query": 3008, "merge": 1024, "save": 256}
+QUERY_TIMEOUT_SECONDS = 300
+OTHER_TIMEOUT_SECONDS = 300
+LAMBDA_VPC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+
+
+@dataclass
+class BatchWorkflowArgs:
+    vpc_id: pulumi.Input[str]
+    vpc_cidr: pulumi.Input[str]
+    private_subnet_ids: pulumi.Input[Sequence[str]]
+    bucket_name: pulumi.Input[str]
+    bucket_arn: pulumi.Input[str]
+    token_secret_arn: pulumi.Input[str]
+    admin_token_secret_arn: pulumi.Input[str]
+    cluster_arn: pulumi.Input[str]
+    app_image: pulumi.Input[str]
+    chroma_image: pulumi.Input[str]
+    proxy_image: pulumi.Input[str]
+    repository_arns: pulumi.Input[Sequence[str]]
+    cpu: int = 1024
+    memory: int = 2048
+    ephemeral_storage_gib: int = 21
+    map_concurrency: int = 10
+    workflow_timeout_seconds: int = 3600
+    ready_timeout_seconds: int = 600
+    chunk_size: int = 500
+    log_retention_days: int = 30
+    # Build context of the Lambda image (the repository root, where `pulumi up` runs).
+    context: str = "."
+    deletion_protection: bool = False
+    # A prebuilt Lambda image URI instead of building lambdas/Dockerfile.
+    lambda_image: pulumi.Input[str] | None = None
+
+
+# Stack config keys of this component (components.config.EXTRA_KEYS) -> BatchWorkflowArgs fields.
+CONFIG_KEYS = {
+    "mapConcurrency": ("map_concurrency", 1, 40),
+    "workflowTimeoutSeconds": ("workflow_timeout_seconds", 60, 86400),
+    "readyTimeoutSeconds": ("ready_timeout_seconds", 30, 3600),
+}
+
+
+def args_from_config(extra: Mapping[str, Any]) -> dict[str, int]:
+    """The component's settings from the raw stack config, with errors that name the key."""
+    from components.config import ConfigError
+
+    values: dict[str, int] = {}
+    for key, (field_name, low, high) in CONFIG_KEYS.items():
+        raw = extra.get(key)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            continue
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"config key ontosearch:{key} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"config key ontosearch:{key} must be between {low} and {high}, got {value}")
+        values[field_name] = value
+    timeout = values.get("workflow_timeout_seconds", BatchWorkflowArgs.workflow_timeout_seconds)
+    ready = values.get("ready_timeout_seconds", BatchWorkflowArgs.ready_timeout_seconds)
+    if ready >= timeout:
+        raise ConfigError(f"config key ontosearch:readyTimeoutSeconds ({ready}) must be below "
+                          f"ontosearch:workflowTimeoutSeconds ({timeout})")
+    return values
+
+
+def _policy(*statements: dict) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str) -> str:
+    """Each step's S3 prefixes (and the query step's secret); nothing else."""
+    inputs = f"{bucket_arn}/{c.WORKFLOW_INPUT_PREFIX}*"
+    work = f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"
+    results = f"{bucket_arn}/{c.WORKFLOW_RESULTS_PREFIX}*"
+    snapshots = f"{bucket_arn}/{c.SNAPSHOT_PREFIX}/*"
+    read = ["s3:GetObject"]
+    write = ["s3:PutObject"]
+    statements = {
+        "validate": [{"Sid": "ReadInputsAndSnapshots", "Effect": "Allow", "Action": read,
+                      "Resource": [inputs, snapshots]}],
+        "split": [{"Sid": "ReadInputs", "Effect": "Allow", "Action": read, "Resource": inputs},
+                  {"Sid": "WriteChunks", "Effect": "Allow", "Action": write, "Resource": work}],
+        "query": [{"Sid": "ReadWriteWork", "Effect": "Allow", "Action": [*read, *write], "Resource": work},
+                  {"Sid": "ReadToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                   "Resource": token_secret_arn}],
+        "merge": [{"Sid": "ReadParts", "Effect": "Allow", "Action": read, "Resource": work},
+                  {"Sid": "WriteResults", "Effect": "Allow", "Action": write, "Resource": results}],
+        "save": [{"Sid": "WriteSaveRequest", "Effect": "Allow", "Action": write, "Resource": work}],
+    }[step]
+    return _policy(*statements)
+
+
+def batch_task_role_policy(bucket_arn: str) -> str:
+    """The batch task: read snapshots (restore), read save requests and publish new versions."""
+    snapshots = f"{bucket_arn}/{c.SNAPSHOT_PREFIX}/*"
+    return _policy(
+        {"Sid": "ListSnapshots", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
+         "Condition": {"StringLike": {"s3:prefix": [f"{c.SNAPSHOT_PREFIX}/", f"{c.SNAPSHOT_PREFIX}/*"]}}},
+        {"Sid": "ReadWriteSnapshots", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+         "Resource": snapshots},
+        {"Sid": "ReadSaveRequests", "Effect": "Allow", "Action": ["s3:GetObject", "s3:DeleteObject"],
+         "Resource": f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"},
+    )
+
+
+def _cluster_name(cluster_arn: str) -> str:
+    return cluster_arn.rsplit("/", 1)[-1]
+
+
+def _task_definition_family_arn(task_definition_arn: str) -> str:
+    """arn:...:task-definition/family:7 -> arn:...:task-definition/family:* (every revision)."""
+    return task_definition_arn.rsplit(":", 1)[0] + ":*"
+
+
+def state_machine_policy(cluster_arn: str, task_definition_arn: str, role_arns: Sequence[str],
+                         function_arns: Sequence[str]) -> str:
+    region_account = ":".join(cluster_arn.split(":")[3:5])
+    tasks_in_cluster = f"arn:aws:ecs:{region_account}:task/{_cluster_name(cluster_arn)}/*"
+    on_cluster = {"ArnEquals": {"ecs:cluster": cluster_arn}}
+    return _policy(
+        {"Sid": "RunTheBatchTask", "Effect": "Allow", "Action": "ecs:RunTask",
+         "Resource": _task_definition_family_arn(task_definition_arn), "Condition": on_cluster},
+        {"Sid": "PassItsRoles", "Effect": "Allow", "Action": "iam:PassRole", "Resource": list(role_arns),
+         "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}},
+        {"Sid": "StopAndDescribeItsTasks", "Effect": "Allow", "Action": ["ecs:StopTask", "ecs:DescribeTasks"],
+         "Resource": tasks_in_cluster, "Condition": on_cluster},
+        # ListTasks has no task-level resource; the condition limits it to this cluster.
+        {"Sid": "ListTasksInItsCluster", "Effect": "Allow", "Action": "ecs:ListTasks",
+         "Resource": f"arn:aws:ecs:{region_account}:container-instance/{_cluster_name(cluster_arn)}/*",
+         "Condition": on_cluster},
+        {"Sid": "InvokeItsLambdas", "Effect": "Allow", "Action": "lambda:InvokeFunction",
+         "Resource": [*function_arns, *(f"{arn}:*" for arn in function_arns)]},
+    )
+
+
+def agent_container(app_image: str, token_secret_arn: str, bucket: str, log_group: str, region: str) -> dict:
+    """The task agent: essential, so its exit (ready failure, deadline) stops the whole task."""
+    return {
+        "name": c.TASK_AGENT_CONTAINER,
+        "image": app_image,
+        "essential": True,
+        "command": ["python", "-m", "ontosearch", "task-agent"],
+        "environment": [
+            {"name": "AWS_REGION", "value": region},
+            {"name": "AWS_DEFAULT_REGION", "value": region},
+            {"name": c.ENV_WORKFLOW_BUCKET, "value": bucket},
+        ],
+        "secrets": [{"name": c.ENV_TOKEN, "valueFrom": token_secret_arn}],
+        "stopTimeout": 10,
+        "logConfiguration": log_configuration(log_group, region, c.TASK_AGENT_CONTAINER),
+    }
+
+
+class BatchWorkflow(pulumi.ComponentResource):
+    state_machine_arn: pulumi.Output[str]
+    task_definition_arn: pulumi.Output[str]
+    task_security_group_id: pulumi.Output[str]
+    lambda_security_group_id: pulumi.Output[str]
+    function_arns: dict[str, pulumi.Output[str]]
+    definition: pulumi.Output[str]
+
+    def __init__(self, name: str, args: BatchWorkflowArgs,
+                 opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ontosearch:workflow:BatchWorkflow", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        region = aws.get_region_output(opts=invoke).region
+        account_id = aws.get_caller_identity_output(opts=invoke).account_id
+        ecs_trust = account_id.apply(lambda a: assume_role_policy("ecs-tasks.amazonaws.com", a))
+
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=args.log_retention_days,
+                                            opts=child)
+
+        # --- security groups --------------------------------------------------------------------
+        lambda_sg = aws.ec2.SecurityGroup(
+            f"{name}-lambda-sg", vpc_id=args.vpc_id,
+            description="ontosearch batch Lambdas: HTTPS to AWS APIs, the proxy port inside the VPC",
+            egress=[
+                {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+                 "description": "HTTPS to S3, Secrets Manager (endpoints or NAT)"},
+                {"protocol": "tcp", "from_port": c.PROXY_PORT, "to_port": c.PROXY_PORT,
+                 "cidr_blocks": [args.vpc_cidr], "description": "the batch task's auth proxy"},
+            ],
+            opts=child)
+        task_sg = aws.ec2.SecurityGroup(
+            f"{name}-task-sg", vpc_id=args.vpc_id,
+            description="ontosearch batch task: only the auth proxy port, only from the batch Lambdas",
+            ingress=[{"protocol": "tcp", "from_port": c.PROXY_PORT, "to_port": c.PROXY_PORT,
+                      "security_groups": [lambda_sg.id],
+                      "description": "auth proxy, from the batch Lambdas"}],
+            egress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+                     "description": "HTTPS to ECR, S3, Secrets Manager, CloudWatch Logs, Step Functions"}],
+            opts=child)
+
+        # --- the on-demand task -------------------------------------------------------------------
+        execution_role = aws.iam.Role(
+            f"{name}-execution-role",
+            description="ECS starts the batch task: image pull, logs, token secrets",
+            assume_role_policy=ecs_trust, opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-execution-policy", role=execution_role.id,
+            policy=pulumi.Output.all(args.repository_arns, log_group.arn, args.token_secret_arn,
+                                     args.admin_token_secret_arn).apply(
+                lambda v: execution_role_policy(v[0], v[1], [v[2], v[3]])),
+            opts=child)
+        task_role = aws.iam.Role(
+            f"{name}-task-role",
+            description="The batch task at run time: snapshots, report to Step Functions",
+            assume_role_policy=ecs_trust, opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-task-policy", role=task_role.id,
+            policy=pulumi.Output.from_input(args.bucket_arn).apply(batch_task_role_policy), opts=child)
+        # The agent answers its own execution's token; callbacks carry no resource ARN to scope to.
+        aws.iam.RolePolicy(
+            f"{name}-task-callbacks", role=task_role.id,
+            policy=_policy({"Sid": "ReportToItsExecution", "Effect": "Allow",
+                            "Action": ["states:SendTaskSuccess", "states:SendTaskFailure",
+                                       "states:SendTaskHeartbeat"], "Resource": "*"}),
+            opts=child)
+
+        containers = pulumi.Output.all(
+            args.app_image, args.chroma_image, args.proxy_image, args.bucket_name, args.token_secret_arn,
+            args.admin_token_secret_arn, log_group.name, region,
+        ).apply(lambda v: json.dumps(container_definitions(
+            TaskSpec(app_image=v[0], chroma_image=v[1], proxy_image=v[2], bucket=v[3], token_secret_arn=v[4],
+                     admin_token_secret_arn=v[5], log_group=v[6], region=v[7]),
+            extra_containers=[agent_container(v[0], v[4], v[3], v[6], v[7])])))
+        task_definition = aws.ecs.TaskDefinition(
+            f"{name}-task",
+            family=f"{pulumi.get_project()}-{pulumi.get_stack()}-batch",
+            cpu=str(args.cpu), memory=str(args.memory), network_mode="awsvpc",
+            requires_compatibilities=["FARGATE"], runtime_platform=RUNTIME_PLATFORM,
+            ephemeral_storage={"size_in_gib": args.ephemeral_storage_gib}, volumes=[{"name": TASK_VOLUME}],
+            execution_role_arn=execution_role.arn, task_role_arn=task_role.arn,
+            container_definitions=containers, opts=child)
+
+        # --- Lambdas ------------------------------------------------------------------------------
+        image = args.lambda_image or self._build_lambda_image(name, args)
+        functions: dict[str, aws.lambda_.Function] = {}
+        for step in STEPS:
+            role = aws.iam.Role(
+                f"{name}-{step}-role", description=f"ontosearch batch Lambda: {step}",
+                assume_role_policy=account_id.apply(lambda a: assume_role_policy("lambda.amazonaws.com", a)),
+                opts=child)
+            aws.iam.RolePolicyAttachment(f"{name}-{step}-vpc", role=role.name, policy_arn=LAMBDA_VPC_POLICY,
+                                         opts=child)
+            aws.iam.RolePolicy(
+                f"{name}-{step}-policy", role=role.id,
+                policy=pulumi.Output.all(args.bucket_arn, args.token_secret_arn).apply(
+                    lambda v, s=step: lambda_policy(s, v[0], v[1])),
+                opts=child)
+            env = {c.ENV_WORKFLOW_BUCKET: args.bucket_name}
+            if step == "validate":
+                env[c.ENV_WORKFLOW_CHUNK_SIZE] = str(args.chunk_size)
+            if step == "query":
+                env[c.ENV_TOKEN_SECRET_ARN] = args.token_secret_arn
+            functions[step] = aws.lambda_.Function(
+                f"{name}-{step}",
+                package_type="Image", image_uri=image, image_config={"commands": [f"lambdas.{step}.handler"]},
+                architectures=["arm64"], role=role.arn, memory_size=LAMBDA_MEMORY[step],
+                timeout=QUERY_TIMEOUT_SECONDS if step == "query" else OTHER_TIMEOUT_SECONDS,
+                ephemeral_storage={"size": 2048},
+                vpc_config={"subnet_ids": args.private_subnet_ids, "security_group_ids": [lambda_sg.id]},
+                environment={"variables": env},
+                logging_config={"log_format": "Text", "log_group": log_group.name},
+                opts=child)
+
+        # --- state machine --------------------------------------------------------------------------
+        settings_inputs = pulumi.Output.all(
+            args.cluster_arn, task_definition.arn, args.private_subnet_ids, task_sg.id,
+            *(functions[s].arn for s in STEPS))
+        self.definition = settings_inputs.apply(lambda v: wd.definition_json(wd.WorkflowSettings(
+            cluster_arn=v[0], task_definition_arn=v[1], subnet_ids=list(v[2]), security_group_ids=[v[3]],
+            validate_function=v[4], split_function=v[5], query_function=v[6], merge_function=v[7],
+            save_function=v[8], map_concurrency=args.map_concurrency,
+            workflow_timeout_seconds=args.workflow_timeout_seconds,
+            ready_timeout_seconds=args.ready_timeout_seconds, chunk_timeout_seconds=QUERY_TIMEOUT_SECONDS)))
+        sfn_role = aws.iam.Role(
+            f"{name}-sfn-role", description="ontosearch batch state machine",
+            assume_role_policy=account_id.apply(lambda a: assume_role_policy("states.amazonaws.com", a)),
+            opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-sfn-policy", role=sfn_role.id,
+            policy=pulumi.Output.all(args.cluster_arn, task_definition.arn, task_role.arn, execution_role.arn,
+                                     *(functions[s].arn for s in STEPS)).apply(
+                lambda v: state_machine_policy(v[0], v[1], [v[2], v[3]], v[4:])),
+            opts=child)
+        machine = aws.sfn.StateMachine(
+            f"{name}-machine", role_arn=sfn_role.arn, definition=self.definition, type="STANDARD",
+            opts=child)
+
+        self.state_machine_arn = machine.arn
+        self.task_definition_arn = task_definition.arn
+        self.task_security_group_id = task_sg.id
+        self.lambda_security_group_id = lambda_sg.id
+        self.function_arns = {s: functions[s].arn for s in STEPS}
+        self.register_outputs({
+            "state_machine_arn": self.state_machine_arn,
+            "task_definition_arn": self.task_definition_arn,
+            "task_security_group_id": self.task_security_group_id,
+            "lambda_security_group_id": self.lambda_security_group_id,
+        })
+
+    def _build_lambda_image(self, name: str, args: BatchWorkflowArgs) -> pulumi.Output[str]:
+        repo = aws.ecr.Repository(
+            f"{name}-lambda", image_scanning_configuration={"scan_on_push": True},
+            image_tag_mutability="MUTABLE", encryption_configurations=[{"encryption_type": "AES256"}],
+            force_delete=not args.deletion_protection, opts=pulumi.ResourceOptions(parent=self))
+        auth = aws.ecr.get_authorization_token_output(
+            registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
+        image = docker_build.Image(
+            f"{name}-lambda",
+            context=docker_build.BuildContextArgs(location=args.context),
+            dockerfile=docker_build.DockerfileArgs(location=LAMBDA_DOCKERFILE),
+            platforms=[docker_build.Platform.LINUX_ARM64],
+            push=True,
+            tags=[repo.repository_url.apply(lambda url: f"{url}:latest")],
+            registries=[docker_build.RegistryArgs(address=repo.repository_url, username=auth.user_name,
+                                                  password=pulumi.Output.secret(auth.password))],
+            opts=pulumi.ResourceOptions(parent=self))
+        return image.ref

@@ -12,6 +12,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -110,7 +111,18 @@ class LocalTask:
             raise
         return self
 
+    def _check_port_free(self) -> None:
+        """Fail before a long restore, not after it, when the proxy port is taken."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise LocalTaskError(f"port {self.port} on {self.host} is not available ({exc.strerror}); "
+                                     "pick another --port or stop what uses it") from None
+
     def _start(self) -> None:
+        self._check_port_free()
         self.workdir = Path(tempfile.mkdtemp(prefix="ontosearch-serve-"))
         if self.snapshot is not None:
             self._restore()

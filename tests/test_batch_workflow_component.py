@@ -1,0 +1,199 @@
+"""BatchWorkflow under Pulumi mocks: switched per stack, wiring of ARNs, security groups, IAM scope."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pulumi_harness import (
+    botocore_errors,
+    container_definitions,
+    policy_documents,
+    security_group_rules,
+    synth_stack,
+    synth_with,
+)
+
+from ontosearch import constants as c
+from ontosearch.workflow import definition as wd
+
+STEPS = ("validate", "split", "query", "merge", "save")
+SFN = "aws:sfn/stateMachine:StateMachine"
+FUNCTION = "aws:lambda/function:Function"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+@pytest.fixture(scope="module", params=["dev", "prod"])
+def stack(request):
+    result = synth_with(request.param, {"ontosearch:batchWorkflow": True, "ontosearch:mapConcurrency": 12,
+                                        "ontosearch:workflowTimeoutSeconds": 5400})
+    return request.param, result
+
+
+def arn(result, typ: str, name: str | None = None) -> str:
+    return result.one(typ, name).state["arn"]
+
+
+def policy(result, name: str) -> dict:
+    return json.loads(result.one(ROLE_POLICY, name).raw_inputs["policy"])
+
+
+def statements(doc: dict) -> list[dict]:
+    return doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+@pytest.mark.parametrize("name", ["dev", "prod"])
+def test_workflow_is_off_unless_the_stack_turns_it_on(name: str) -> None:
+    result = synth_stack(name)
+    assert not result.of_type(SFN)
+    assert not result.of_type("ontosearch:workflow:BatchWorkflow")
+    assert not result.of_type(FUNCTION)
+
+
+def test_state_machine_deploys_the_shared_definition_with_the_stack_arns(stack) -> None:
+    _, result = stack
+    deployed = json.loads(result.one(SFN).raw_inputs["definition"])
+    cluster = arn(result, "aws:ecs/cluster:Cluster")
+    task_def = arn(result, "aws:ecs/taskDefinition:TaskDefinition", "batch-task")
+    task_sg = result.one("aws:ec2/securityGroup:SecurityGroup", "batch-task-sg").id
+    subnets = result.one(FUNCTION, "batch-query").raw_inputs["vpcConfig"]["subnetIds"]
+    expected = wd.build_definition(wd.WorkflowSettings(
+        cluster_arn=cluster, task_definition_arn=task_def, subnet_ids=subnets, security_group_ids=[task_sg],
+        **{f"{s}_function": arn(result, FUNCTION, f"batch-{s}") for s in STEPS},
+        map_concurrency=12, workflow_timeout_seconds=5400, chunk_timeout_seconds=300,
+    ))
+    assert deployed == expected
+    assert deployed["TimeoutSeconds"] == 5400
+    assert deployed["States"]["QueryChunks"]["MaxConcurrency"] == 12
+    start = deployed["States"]["StartTask"]["Parameters"]
+    assert start["TaskDefinition"] == task_def and start["Cluster"] == cluster
+    assert start["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
+
+
+def test_task_accepts_the_proxy_port_only_from_the_lambdas(stack) -> None:
+    _, result = stack
+    lambda_sg = result.one("aws:ec2/securityGroup:SecurityGroup", "batch-lambda-sg")
+    task_sg = result.one("aws:ec2/securityGroup:SecurityGroup", "batch-task-sg")
+    ingress = [rule for sg, direction, rule in security_group_rules(result)
+               if sg is task_sg and direction == "ingress"]
+    assert ingress == [{**ingress[0], "protocol": "tcp", "fromPort": c.PROXY_PORT, "toPort": c.PROXY_PORT,
+                        "securityGroups": [lambda_sg.id]}]
+    assert not ingress[0].get("cidrBlocks")
+    for step in STEPS:
+        vpc = result.one(FUNCTION, f"batch-{step}").raw_inputs["vpcConfig"]
+        assert vpc["securityGroupIds"] == [lambda_sg.id]
+        assert vpc["subnetIds"], f"{step} must run in the private subnets"
+
+
+def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stack) -> None:
+    _, result = stack
+    cluster = arn(result, "aws:ecs/cluster:Cluster")
+    cluster_name = cluster.rsplit("/", 1)[-1]
+    task_def = arn(result, "aws:ecs/taskDefinition:TaskDefinition", "batch-task")
+    roles = {arn(result, "aws:iam/role:Role", "batch-task-role"),
+             arn(result, "aws:iam/role:Role", "batch-execution-role")}
+    functions = {arn(result, FUNCTION, f"batch-{s}") for s in STEPS}
+    by_action: dict[str, list[dict]] = {}
+    for st in statements(policy(result, "batch-sfn-policy")):
+        for action in as_list(st["Action"]):
+            by_action.setdefault(action, []).append(st)
+    assert set(by_action) == {"ecs:RunTask", "iam:PassRole", "ecs:StopTask", "ecs:DescribeTasks",
+                              "ecs:ListTasks", "lambda:InvokeFunction"}
+    (run,) = by_action["ecs:RunTask"]
+    assert run["Resource"] == task_def.rsplit(":", 1)[0] + ":*"
+    assert run["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    (passrole,) = by_action["iam:PassRole"]
+    assert set(as_list(passrole["Resource"])) == roles
+    assert passrole["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
+    for action in ("ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"):
+        (st,) = by_action[action]
+        assert all(f"/{cluster_name}/" in r for r in as_list(st["Resource"])), action
+        assert st["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    (invoke,) = by_action["lambda:InvokeFunction"]
+    assert {r.removesuffix(":*") for r in as_list(invoke["Resource"])} == functions
+
+
+def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the_secret(stack) -> None:
+    _, result = stack
+    bucket = arn(result, "aws:s3/bucket:Bucket")
+    read_secret = arn(result, "aws:secretsmanager/secret:Secret", "tokens-read")
+    allowed = {
+        "validate": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
+                     ("s3:GetObject", f"{bucket}/{c.SNAPSHOT_PREFIX}/*")},
+        "split": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
+                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
+        "query": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
+                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
+        "merge": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
+                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*")},
+        "save": {("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
+    }
+    query_env = result.one(FUNCTION, "batch-query").raw_inputs["environment"]["variables"]
+    for step in STEPS:
+        grants = set()
+        secrets = []
+        for st in statements(policy(result, f"batch-{step}-policy")):
+            for action in as_list(st["Action"]):
+                for resource in as_list(st["Resource"]):
+                    if action.startswith("s3:"):
+                        grants.add((action, resource))
+                    elif action == "secretsmanager:GetSecretValue":
+                        secrets.append(resource)
+                    else:
+                        pytest.fail(f"{step} Lambda may {action} on {resource}")
+        assert grants == allowed[step], step
+        if step == "query":
+            assert secrets == [read_secret] == [query_env[c.ENV_TOKEN_SECRET_ARN]]
+        else:
+            assert not secrets, f"{step} must not read the token secret"
+            env = result.one(FUNCTION, f"batch-{step}").raw_inputs["environment"]["variables"]
+            assert c.ENV_TOKEN_SECRET_ARN not in env
+
+
+def test_no_workflow_policy_grants_a_wildcard_action(stack) -> None:
+    _, result = stack
+    for resource, _key, doc in policy_documents(result):
+        if not resource.name.startswith("batch"):
+            continue
+        for st in statements(doc):
+            for action in as_list(st.get("Action", [])):
+                assert action != "*" and not action.endswith(":*"), (resource.name, action)
+
+
+def test_batch_task_has_an_essential_agent_with_the_token_only_as_a_secret(stack) -> None:
+    _, result = stack
+    containers = container_definitions(result, "batch-task")
+    names = [x["name"] for x in containers]
+    assert names[:3] == [c.RESTORE_CONTAINER, c.CHROMA_CONTAINER, c.PROXY_CONTAINER]
+    agent = next(x for x in containers if x["name"] == c.TASK_AGENT_CONTAINER)
+    assert agent["essential"] is True
+    assert agent["command"] == ["python", "-m", "ontosearch", "task-agent"]
+    assert [s["name"] for s in agent["secrets"]] == [c.ENV_TOKEN]
+    assert all(e["name"] not in {c.ENV_TOKEN, c.ENV_ADMIN_TOKEN} for e in agent.get("environment", []))
+    for container in containers:
+        assert not botocore_errors("ecs", "RegisterTaskDefinition",
+                                   {"family": "x", "containerDefinitions": [container]}), container["name"]
+
+
+def test_lambdas_run_the_handlers_of_this_repository(stack) -> None:
+    _, result = stack
+    for step in STEPS:
+        fn = result.one(FUNCTION, f"batch-{step}").raw_inputs
+        assert fn["packageType"] == "Image"
+        assert fn["imageConfig"]["commands"] == [f"lambdas.{step}.handler"]
+        assert fn["architectures"] == ["arm64"]
+        assert fn["environment"]["variables"][c.ENV_WORKFLOW_BUCKET]
+
+
+def test_bad_workflow_config_names_the_key() -> None:
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ontosearch:mapConcurrency"):
+        synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:mapConcurrency": 0})
+    with pytest.raises(ConfigError, match="ontosearch:readyTimeoutSeconds"):
+        synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:readyTimeoutSeconds": 900,
+                           "ontosearch:workflowTimeoutSeconds": 600})

@@ -72,7 +72,10 @@ def token_from_secret(arn: str) -> str:
                                "this role may call secretsmanager:GetSecretValue on it") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise ConnectError(f"could not read the token secret {arn}: {exc}") from None
-        value = (response.get("SecretString") or "").strip()
+        if "SecretString" not in response:
+            raise ConnectError(f"the token secret {arn} holds no SecretString (a binary secret?); store the "
+                               "proxy's read token as its text value")
+        value = response["SecretString"].strip()
         if value.startswith("{"):
             try:
                 value = str(json.loads(value).get("token", "")).strip()

@@ -14,6 +14,7 @@ import argparse
 import http.client
 import ipaddress
 import json
+import math
 import os
 import random
 import socket
@@ -66,13 +67,14 @@ class LoadResult:
     # (seconds since start at which the failed request ended, kind, seconds the request took)
     error_events: list[tuple[float, str, float]] = field(default_factory=list)
     started_at: float = 0.0  # time.monotonic() at the start
+    started_unix: float = 0.0  # time.time() at the start (to line events up with other processes)
 
     def percentile(self, fraction: float) -> float:
         """Nearest-rank percentile of the successful requests' latencies (0.0 if none)."""
         if not self.latencies:
             return 0.0
         ordered = sorted(self.latencies)
-        rank = max(1, int(round(fraction * len(ordered) + 0.5)))
+        rank = max(1, math.ceil(fraction * len(ordered)))
         return ordered[min(rank, len(ordered)) - 1]
 
     @property
@@ -80,6 +82,7 @@ class LoadResult:
         return (self.requests - self.errors) / self.duration if self.duration > 0 else 0.0
 
     def summary(self) -> dict:
+        first_error = self.error_events[0][0] if self.error_events else None
         return {
             "requests": self.requests,
             "errors": self.errors,
@@ -89,6 +92,10 @@ class LoadResult:
             "p50_ms": round(self.percentile(0.50) * 1000, 2),
             "p99_ms": round(self.percentile(0.99) * 1000, 2),
             "max_ms": round(max(self.latencies, default=0.0) * 1000, 2),
+            # When the first request failed (Unix time) and the slowest failure: a dead server must
+            # show up as errors within the client timeout, never as a hang.
+            "first_error_unix": None if first_error is None else round(self.started_unix + first_error, 3),
+            "max_error_ms": round(max((e[2] for e in self.error_events), default=0.0) * 1000, 2),
         }
 
 
@@ -215,7 +222,7 @@ def run_load(
     result = LoadResult()
     lock = threading.Lock()
     start = time.monotonic()
-    result.started_at = start
+    result.started_at, result.started_unix = start, time.time()
     deadline = start + duration
 
     def client(index: int) -> None:

@@ -359,7 +359,9 @@ class ChromaService(pulumi.ComponentResource):
             opts=child)
 
         # --- alarms ---------------------------------------------------------------------------
-        topic = aws.sns.Topic(f"{name}-alarms", kms_master_key_id="alias/aws/sns", opts=child)
+        # Not encrypted with the AWS-managed SNS key: CloudWatch alarms cannot publish to such a topic
+        # (alarm texts hold no secrets).
+        topic = aws.sns.Topic(f"{name}-alarms", opts=child)
         if args.alarm_email:
             aws.sns.TopicSubscription(f"{name}-alarm-email", topic=topic.arn, protocol="email",
                                       endpoint=args.alarm_email, opts=child)

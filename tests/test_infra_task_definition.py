@@ -249,3 +249,48 @@ def test_extra_containers_are_appended_and_names_stay_unique():
     assert "v7" in containers[0]["command"]
     with pytest.raises(ValueError, match="repeated: proxy"):
         build_containers(spec, extra_containers=[{"name": c.PROXY_CONTAINER, "image": "x"}])
+
+
+# The project image installs only boto3 on top of python:3.11-slim (docker/Dockerfile). Simulate it:
+# block every import that is neither stdlib nor boto3's own dependency tree nor this package.
+_IMAGE_IMPORT_GUARD = r"""
+import importlib, importlib.abc, runpy, sys
+ALLOWED = {"ontosearch", "boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six"}
+class NotInImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top in ALLOWED:
+            return None
+        raise ModuleNotFoundError(f"No module named {name!r} (not installed in the project image)")
+sys.meta_path.insert(0, NotInImage())
+if sys.argv[1] == "--import":
+    importlib.import_module(sys.argv[2])
+else:
+    sys.argv = ["ontosearch", *sys.argv[1:]]
+    runpy.run_module("ontosearch", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("command", [c.RESTORE_CONTAINER + "-snapshot", c.TASK_AGENT_CONTAINER])
+def test_commands_of_the_project_image_need_only_stdlib_and_boto3(command):
+    import subprocess
+    import sys
+
+    from ontosearch.__main__ import COMMANDS
+
+    if command not in COMMANDS:
+        pytest.skip(f"{command} is not a command")
+    proc = subprocess.run([sys.executable, "-c", _IMAGE_IMPORT_GUARD, command, "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage" in proc.stdout.lower()
+
+
+def test_image_import_guard_refuses_a_package_the_image_lacks():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _IMAGE_IMPORT_GUARD, "--import", "ontosearch.embedders"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # The embedders need numpy, which the image lacks: the guard must make that visible.
+    assert proc.returncode != 0 and "not installed in the project image" in proc.stderr

@@ -19,7 +19,8 @@ network = Network("network", NetworkArgs(
     private_subnet_ids=config.private_subnet_ids,
     public_subnet_ids=config.public_subnet_ids,
     public_subnets=config.https,
-    interface_services=list(TASK_INTERFACE_SERVICES),
+    # The batch task's agent reports readiness to Step Functions: with endpoints egress it needs one.
+    interface_services=[*TASK_INTERFACE_SERVICES, *(["states"] if config.batch_workflow else [])],
 ))
 storage = SnapshotBucket("snapshots", SnapshotBucketArgs(deletion_protection=config.deletion_protection))
 tokens = Tokens("tokens", TokensArgs(deletion_protection=config.deletion_protection))

@@ -325,3 +325,10 @@ def test_every_resource_belongs_to_a_component_named_for_its_role(stack):
         if resource.custom:
             assert resource.parent in components, f"{resource.type} {resource.name} has no component parent"
             assert resource.name.startswith(resource.parent + "-")
+
+
+def test_batch_workflow_with_endpoints_egress_adds_a_step_functions_endpoint():
+    """The batch task's agent calls SendTaskSuccess: without NAT it needs the `states` endpoint."""
+    result = synth_with("prod", {"ontosearch:batchWorkflow": True})
+    assert _endpoint_services(result).get("states") == "Interface"
+    assert "states" not in _endpoint_services(synth_stack("prod"))

@@ -60,6 +60,8 @@ function taskStates(states, found = {}) {
   return found;
 }
 
+let taskToken = null;
+
 function bridgeHandler(bridge, name, state) {
   return async (input) => {
     const answer = await post(`${bridge}/task`, {
@@ -67,6 +69,7 @@ function bridgeHandler(bridge, name, state) {
       resource: state.Resource,
       heartbeatSeconds: state.HeartbeatSeconds ?? null,
       timeoutSeconds: state.TimeoutSeconds ?? null,
+      token: taskToken,
       input,
     });
     if ('error' in answer) {
@@ -98,6 +101,7 @@ async function forwardEvents(events) {
 }
 
 const job = await readStdin();
+taskToken = job.context?.Task?.Token ?? null;
 const handlers = Object.fromEntries(
   Object.entries(taskStates(job.definition.States)).map(([name, state]) => [name, bridgeHandler(job.bridge, name, state)]),
 );

@@ -191,6 +191,8 @@ def agent_container(app_image: str, token_secret_arn: str, bucket: str, log_grou
             {"name": c.ENV_WORKFLOW_BUCKET, "value": bucket},
         ],
         "secrets": [{"name": c.ENV_TOKEN, "valueFrom": token_secret_arn}],
+        # read-only: only for publishing the data as a new snapshot when an execution asks for it
+        "mountPoints": [{"sourceVolume": TASK_VOLUME, "containerPath": c.DATA_DIR, "readOnly": True}],
         "stopTimeout": 10,
         "logConfiguration": log_configuration(log_group, region, c.TASK_AGENT_CONTAINER),
     }

@@ -90,3 +90,4 @@ WORKFLOW_RESULTS_PREFIX = "results/"
 # Environment of the workflow's Lambdas (set by the BatchWorkflow component, read by lambdas/).
 ENV_WORKFLOW_BUCKET = "WORKFLOW_BUCKET"
 ENV_WORKFLOW_CHUNK_SIZE = "WORKFLOW_CHUNK_SIZE"
+ENV_TASK_EXECUTION_NAME = "TASK_EXECUTION_NAME"

@@ -6,7 +6,9 @@ whole task stops. It
    SendTaskHeartbeat meanwhile (the StartTask state has HeartbeatSeconds);
 2. reports ready with SendTaskSuccess({"url", "task_arn", "ready_seconds"}) on the token from the
    RunTask overrides, or SendTaskFailure(TaskNotReadyError, why) and exits if it never gets there;
-3. then stays up until the execution's deadline (execution start + TASK_DEADLINE_SECONDS) and
+3. then, if the execution asks for it (a save request in S3 carrying a second task token),
+   publishes the task's data as a new snapshot version and answers that token;
+4. stays up until the execution's deadline (execution start + TASK_DEADLINE_SECONDS) and
    exits: Catch does not run when an execution times out or is stopped by hand, so without this
    a forgotten task would run (and bill) forever. A StopTask from the state machine ends it first.
 
@@ -27,13 +29,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ontosearch.constants import (
+    DATA_DIR,
     ENV_TASK_DEADLINE_SECONDS,
+    ENV_TASK_EXECUTION_NAME,
     ENV_TASK_EXECUTION_START,
     ENV_TASK_HEARTBEAT_SECONDS,
     ENV_TASK_READY_TIMEOUT_SECONDS,
     ENV_TASK_TOKEN,
     ENV_TASK_URL,
     ENV_TOKEN,
+    ENV_WORKFLOW_BUCKET,
     HEARTBEAT_PATH,
     PROXY_PORT,
     TOKEN_HEADER,
@@ -147,7 +152,8 @@ def task_identity(proxy_port: int = PROXY_PORT) -> tuple[str, str]:
 
 class Agent:
     def __init__(self, sfn: Any, task_token: str, proxy_url: str, chroma_token: str, deadline: float,
-                 ready_timeout: float, heartbeat_interval: float, poll: float = 0.5) -> None:
+                 ready_timeout: float, heartbeat_interval: float, poll: float = 0.5,
+                 saver: Any = None) -> None:
         self.sfn = sfn
         self.task_token = task_token
         self.proxy_url = proxy_url.rstrip("/")
@@ -156,11 +162,12 @@ class Agent:
         self.ready_timeout = ready_timeout
         self.heartbeat_interval = heartbeat_interval
         self.poll = poll
+        self.saver = saver
         self.stopping = False
 
-    def _call(self, action: str, **kwargs: Any) -> None:
+    def _call(self, action: str, token: str | None = None, **kwargs: Any) -> None:
         try:
-            getattr(self.sfn, action)(taskToken=self.task_token, **kwargs)
+            getattr(self.sfn, action)(taskToken=token or self.task_token, **kwargs)
         except Exception as exc:
             code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
             if code in _GONE:
@@ -198,11 +205,52 @@ class Agent:
         self._call("send_task_success", output=json.dumps(output))
         log(f"ready after {ready['ready_seconds']} s; reported {url}")
         while not self.stopping and time.time() < self.deadline:
+            if self.saver is not None:
+                self.saver.poll(self)
             time.sleep(min(self.poll, max(0.0, self.deadline - time.time())))
         if self.stopping:
             return 0
         raise AgentStop(EXIT_DEADLINE, "the execution's deadline passed; stopping the task "
                                        "(nothing stopped it: the execution timed out or was stopped by hand)")
+
+
+class Saver:
+    """Answers the execution's save request: publish the task's data, then report the version."""
+
+    def __init__(self, s3: Any, bucket: str, execution: str, data_dir: str, every: float = 2.0) -> None:
+        from ontosearch.workflow.steps import save_request_key
+
+        self.s3 = s3
+        self.bucket = bucket
+        self.key = save_request_key(execution)
+        self.data_dir = data_dir
+        self.every = every
+        self.next_check = 0.0
+        self.done = False
+
+    def poll(self, agent: Agent) -> None:
+        from ontosearch.workflow.save import SnapshotSaveError, read_save_request, save_data_dir
+
+        if self.done or time.time() < self.next_check:
+            return
+        self.next_check = time.time() + self.every
+        try:
+            request = read_save_request(self.s3, self.bucket, self.key)
+        except Exception as exc:  # keep serving; the SaveSnapshot state times out if this persists
+            log(f"cannot read the save request s3://{self.bucket}/{self.key}: {exc}")
+            return
+        if request is None:
+            return
+        self.done = True
+        log("save requested: publishing the task's data as a new snapshot version")
+        try:
+            version = save_data_dir(self.data_dir, self.bucket, s3=self.s3, log=log)
+        except Exception as exc:
+            agent._call("send_task_failure", token=request["token"], error=SnapshotSaveError.__name__,
+                        cause=f"saving the task's data failed: {exc}"[:32768])
+            return
+        log(f"published snapshot version {version}")
+        agent._call("send_task_success", token=request["token"], output=json.dumps({"version": version}))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--proxy-url", default=f"http://127.0.0.1:{PROXY_PORT}",
                         help="the task's auth proxy as seen from this container (default: %(default)s)")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between readiness checks")
+    parser.add_argument("--data-dir", default=DATA_DIR,
+                        help="the task's data volume, for saving a snapshot (default: %(default)s)")
     return parser
 
 
@@ -245,8 +295,12 @@ def main(argv: list[str]) -> int:
         heartbeat = _env_float(ENV_TASK_HEARTBEAT_SECONDS, 30.0)
         import boto3
 
+        saver = None
+        bucket, execution = os.environ.get(ENV_WORKFLOW_BUCKET), os.environ.get(ENV_TASK_EXECUTION_NAME)
+        if bucket and execution:
+            saver = Saver(boto3.client("s3"), bucket, execution, args.data_dir)
         agent = Agent(boto3.client("stepfunctions"), task_token, args.proxy_url, chroma_token, deadline,
-                      ready_timeout, heartbeat, poll=args.poll)
+                      ready_timeout, heartbeat, poll=args.poll, saver=saver)
         log(f"waiting for the proxy at {args.proxy_url}; deadline in {deadline - time.time():.0f} s")
         return agent.run()
     except AgentStop as stop:

@@ -28,6 +28,7 @@ from typing import Any
 from ontosearch.constants import (
     DATA_DIR,
     ENV_TASK_DEADLINE_SECONDS,
+    ENV_TASK_EXECUTION_NAME,
     ENV_TASK_EXECUTION_START,
     ENV_TASK_HEARTBEAT_SECONDS,
     ENV_TASK_READY_TIMEOUT_SECONDS,
@@ -237,6 +238,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
                             "Name": TASK_AGENT_CONTAINER,
                             "Environment": [
                                 {"Name": ENV_TASK_TOKEN, "Value.$": "$$.Task.Token"},
+                                {"Name": ENV_TASK_EXECUTION_NAME, "Value.$": "$$.Execution.Name"},
                                 {"Name": ENV_TASK_EXECUTION_START, "Value.$": "$$.Execution.StartTime"},
                                 {"Name": ENV_TASK_DEADLINE_SECONDS, "Value": str(s.task_deadline_seconds)},
                                 {"Name": ENV_TASK_READY_TIMEOUT_SECONDS,

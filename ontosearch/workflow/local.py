@@ -203,8 +203,10 @@ class LocalTaskHandle:
 class LocalFleet:
     """RunTask/ListTasks/StopTask over local replicas of the task."""
 
-    def __init__(self, root: Path, read_secret_arn: str, admin_secret_arn: str, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, read_secret_arn: str, admin_secret_arn: str, env: dict[str, str],
+                 bucket: str = "") -> None:
         self.root = root
+        self.bucket = bucket
         self.read_secret_arn = read_secret_arn
         self.admin_secret_arn = admin_secret_arn
         self.env = env
@@ -231,6 +233,7 @@ class LocalFleet:
             "workdir": str(workdir), "task_arn": arn, "restore_command": restore, "agent_env": agent_env,
             "proxy_port": port, "proxy_url": f"http://127.0.0.1:{port}",
             "read_secret_arn": self.read_secret_arn, "admin_secret_arn": self.admin_secret_arn,
+            "bucket": self.bucket,
         }
         (workdir / "spec.json").write_text(json.dumps(spec))
         with open(workdir / "local-task.log", "ab") as log_file:
@@ -284,6 +287,8 @@ class Bridge:
         self.fleet = fleet
         self.handlers = handlers
         self.callbacks = Callbacks()
+        self._token_lock = threading.Lock()
+        self._token_uses = 0
         bridge = self
 
         class RequestHandler(BaseHTTPRequestHandler):
@@ -336,6 +341,8 @@ class Bridge:
 
     def dispatch(self, request: dict[str, Any]) -> Any:
         resource, params, state = request["resource"], request["input"], request["state"]
+        if resource in (wd.LAMBDA_INVOKE_WAIT, wd.ECS_RUN_TASK_WAIT):
+            params = self._fresh_token(params, request.get("token"))
         heartbeat, timeout = request.get("heartbeatSeconds"), request.get("timeoutSeconds")
         if resource == wd.LAMBDA_INVOKE:
             return {"StatusCode": 200, "Payload": self.invoke(state, params)}
@@ -360,6 +367,16 @@ class Bridge:
         if resource == wd.ECS_STOP_TASK:
             return self.fleet.stop_task(params)
         raise TaskFailure("States.Runtime", f"the local runner has no binding for {resource} (state {state})")
+
+    def _fresh_token(self, params: dict[str, Any], token: str | None) -> dict[str, Any]:
+        """Step Functions gives every waiting Task its own token; the local context has one, so
+        each use gets a unique suffix (else a second wait would find the first one's answer)."""
+        if not token:
+            return params
+        with self._token_lock:
+            self._token_uses += 1
+            fresh = f"{token}-{self._token_uses}"
+        return json.loads(json.dumps(params).replace(json.dumps(token)[1:-1], fresh))
 
     def invoke(self, state: str, params: dict[str, Any]) -> Any:
         name = params["FunctionName"].rsplit(":", 1)[-1]
@@ -482,7 +499,8 @@ class LocalWorkflow:
         handlers = default_handlers()
         for step, wrapper in self.wrap.items():
             handlers[f"ontosearch-local-{step}"] = wrapper(handlers[f"ontosearch-local-{step}"])
-        fleet = LocalFleet(self.workdir / "tasks", self.read_secret_arn, self.admin_secret_arn, {})
+        fleet = LocalFleet(self.workdir / "tasks", self.read_secret_arn, self.admin_secret_arn, {},
+                           bucket=self.bucket)
         self.bridge = Bridge(fleet, handlers).start()
         self.fleet = self.bridge.fleet
         self.fleet.env = {**base_env, "AWS_ENDPOINT_URL_SFN": self.bridge.url}

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ontosearch.constants import DATA_DIR, ENV_ADMIN_TOKEN, ENV_TASK_URL, ENV_TOKEN
+from ontosearch.constants import DATA_DIR, ENV_ADMIN_TOKEN, ENV_TASK_URL, ENV_TOKEN, ENV_WORKFLOW_BUCKET
 
 
 def log(message: str) -> None:
@@ -67,12 +67,13 @@ class Replica:
 
     def start_agent(self, read_token: str) -> None:
         env = self._env({**self.spec["agent_env"], ENV_TOKEN: read_token,
+                         ENV_WORKFLOW_BUCKET: self.spec["bucket"],
                          ENV_TASK_URL: self.spec["proxy_url"], "TASK_ARN": self.spec["task_arn"]})
         env.pop(ENV_ADMIN_TOKEN, None)
         log_file = open(self.workdir / "task-agent.log", "ab")  # noqa: SIM115 - child owns it
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "ontosearch", "task-agent", "--proxy-url", self.spec["proxy_url"],
-             "--poll", str(self.spec.get("agent_poll", 0.25))],
+             "--poll", str(self.spec.get("agent_poll", 0.25)), "--data-dir", str(self.workdir / "data")],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
         log_file.close()

@@ -42,7 +42,6 @@ from ontosearch.workflow.errors import (
 DEFAULT_CHUNK_SIZE = 500
 MAX_TOP_K = 50
 REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
-INPUT_FORMATS = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 # execution names become key parts; Step Functions allows these characters (and a few we refuse)
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _PART_META = ("rows", "annotated", "errors")
@@ -119,9 +118,11 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
                 f"input s3://{input_bucket}/{key} is outside this workflow's input folder "
                 f"s3://{bucket}/{WORKFLOW_INPUT_PREFIX}; upload the file there"
             )
-        fmt = INPUT_FORMATS.get(Path(key).suffix.lower())
+        from ontosearch.label_io import SUFFIXES
+
+        fmt = SUFFIXES.get(Path(key).suffix.lower())
         if fmt is None:
-            problems.append(f"input {key!r} has no supported extension ({', '.join(INPUT_FORMATS)})")
+            problems.append(f"input {key!r} has no supported extension ({', '.join(SUFFIXES)})")
 
     ontology = request.get("ontology")
     canonical = ONTOLOGY_ALIASES.get(str(ontology).strip().lower()) if isinstance(ontology, str) else None
@@ -288,7 +289,7 @@ def query_chunk(
         found = _match(labels, job, client, embedder)
         matches = dict(zip(labels, found, strict=True))
     out = io.StringIO()
-    counts = write_rows(out, _result_rows(rows, matches, job["ontology"]))
+    counts = write_rows(out, _result_rows(rows, matches), ontology=job["ontology"])
     key = part_key(execution, int(chunk["index"]))
     s3.put_object(
         Bucket=job["bucket"], Key=key, Body=out.getvalue().encode("utf-8"), ContentType="text/csv",
@@ -308,7 +309,7 @@ def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -
         raise ChunkQueryError(str(exc)) from None
 
 
-def _result_rows(rows: Iterable[dict[str, Any]], matches: dict[str, list[Any]], ontology: str
+def _result_rows(rows: Iterable[dict[str, Any]], matches: dict[str, list[Any]]
                  ) -> Iterable[tuple[int, str | None, str | None, list[Any]]]:
     for row in rows:
         label, error = row.get("label"), row.get("error")
@@ -351,7 +352,7 @@ def merge(job: dict[str, Any], execution: str, chunks: list[dict[str, Any]], s3:
             if not header_written:
                 from ontosearch.label_io import write_rows
 
-                write_rows(handle, [])
+                write_rows(handle, [], ontology=job["ontology"])
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise MergeError(

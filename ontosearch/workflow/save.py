@@ -1,0 +1,60 @@
+"""Publish the task's restored data as a new snapshot version (the workflow's optional last step).
+
+Runs inside the task agent (project image: standard library + boto3), which mounts the task's data
+volume read-only. The batch workflow only reads from Chroma, so the files are those restore wrote;
+they are copied first (without restore's marker) so the archive is taken from a still directory,
+and the new manifest keeps the restored snapshot's collections and embedder. The fresh-server
+verification of build-snapshot needs chromadb, which the image does not carry; the archive's
+sha256 and the restore checks still guard every later use of the version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ontosearch.constants import RESTORED_MANIFEST_NAME
+
+
+class SnapshotSaveError(RuntimeError):
+    """The task's data could not be published as a new snapshot version."""
+
+
+def save_data_dir(data_dir: str | Path, bucket: str, s3: Any = None, log: Any = None) -> str:
+    """Archive `data_dir` and publish it to `bucket`; returns the new version name."""
+    from ontosearch.restore import read_restored_manifest
+    from ontosearch.snapshot_build import snapshot_from_persist_dir
+    from ontosearch.snapshot_store import publish_snapshot
+
+    say = log or (lambda _message: None)
+    data_dir = Path(data_dir)
+    restored = read_restored_manifest(data_dir)
+    if restored is None:
+        raise SnapshotSaveError(f"{data_dir} holds no restored snapshot ({RESTORED_MANIFEST_NAME} missing); "
+                                "nothing to save")
+    with tempfile.TemporaryDirectory(prefix="ontosearch-save-") as work:
+        copy = Path(work) / "persist"
+        shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns(RESTORED_MANIFEST_NAME))
+        out = Path(work) / "snapshot"
+        snapshot_from_persist_dir(copy, out, restored.collections, restored.embedder, verify=False,
+                                  log=say, progress=False)
+        result = publish_snapshot(out, bucket, s3=s3, log=say)
+    return str(result.version)
+
+
+def read_save_request(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The pending save request, or None while there is none."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as exc:
+        code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return None
+        raise
+    request = json.loads(body)
+    if not isinstance(request, dict) or not request.get("token"):
+        raise SnapshotSaveError(f"s3://{bucket}/{key} is not a save request")
+    return request

@@ -275,37 +275,49 @@ def _say(message: str) -> None:
     print(f"serve: {message}", file=sys.stderr, flush=True)
 
 
+class _StopDuringStartup(BaseException):
+    """Raised from the signal handler to abandon a restore or startup in progress (cleaned up by stop)."""
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.port and not 0 < args.port < 65536:
         _say(f"--port {args.port} is not a TCP port; give 1-65535 or leave it out")
         return 2
-    stop_signal: list[int] = []
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stop_signal.append(signum)
-        task.request_stop()
-
     try:
         task = LocalTask(snapshot=args.snapshot, persist_dir=args.persist_dir, port=args.port or None,
                          token_file=args.token_file, startup_timeout=args.startup_timeout)
     except LocalTaskError as exc:
         _say(str(exc))
         return 2
+    stop_signal: list[int] = []
+    ready = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        first = not stop_signal
+        stop_signal.append(signum)
+        task.request_stop()
+        if first and not ready.is_set():
+            raise _StopDuringStartup()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
+            source = f"snapshot {args.snapshot}" if args.snapshot else f"persist dir {args.persist_dir}"
+            _say(f"starting from {source}: restore, chroma, auth proxy on {task.url}")
             task.start()
+            ready.set()
+        except _StopDuringStartup:
+            _say(f"stopped on {signal.Signals(stop_signal[0]).name} before it was ready")
+            return 0
         except LocalTaskError as exc:
             _say(f"could not start: {exc}")
             return 1
         except Exception as exc:  # noqa: BLE001 - restore errors carry their own messages
             _say(f"could not start: {type(exc).__name__}: {exc}")
             return 1
-        if stop_signal:
-            task.stop()
-            return 0
-        assert task.chroma is not None and task.proxy is not None and task.proxy.process is not None
+        assert task.chroma is not None and task.chroma.process is not None
+        assert task.proxy is not None and task.proxy.process is not None
         _say(f"chroma pid {task.chroma.process.pid} on {task.chroma.url} (loopback only); "
              f"auth proxy pid {task.proxy.process.pid} on {task.url}")
         if task.token_file is not None:
@@ -315,9 +327,12 @@ def main(argv: list[str]) -> int:
         if died is not None:
             _say(f"{died}; stopping, as an ECS task stops when an essential container exits")
             return 1
-        _say("stopping on " + signal.Signals(stop_signal[0]).name if stop_signal else "stopping")
+        _say(f"stopping on {signal.Signals(stop_signal[0]).name}" if stop_signal else "stopping")
         return 0
     finally:
+        # A second signal while stopping must not interrupt the cleanup.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
         task.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -245,6 +245,47 @@ def test_serve_exits_non_zero_when_an_essential_process_dies(tmp_path: Path, sna
     _assert_all_gone((chroma_pid, nginx_pid))
 
 
+def _processes_with_marker(marker: str) -> list[int]:
+    """Processes whose environment carries `marker` (serve's children inherit it)."""
+    found = []
+    needle = f"ONTOSEARCH_TEST_MARK={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_a_signal_during_startup_stops_cleanly(tmp_path: Path, snapshot: Path, serves: list[Serve],
+                                               delay: float) -> None:
+    marker = f"startup-{os.getpid()}-{delay}"
+    serve = start_serve(tmp_path, "--snapshot", str(snapshot), env=_clean_env(ONTOSEARCH_TEST_MARK=marker))
+    serves.append(serve)
+    deadline = time.monotonic() + 60
+    while "serve: starting" not in serve.stderr() and time.monotonic() < deadline:
+        time.sleep(0.02)  # the signal handlers are installed once this line is printed
+    time.sleep(delay)
+    serve.process.send_signal(signal.SIGTERM)
+    code = serve.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _processes_with_marker(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with_marker(marker) == []
+    if serve.stdout_lines:  # the machine was fast enough to be ready first: a normal stop
+        assert code == 0 and "stopping on SIGTERM" in serve.stderr()
+    else:
+        assert code == 0, serve.stderr()
+        assert "before it was ready" in serve.stderr()
+
+
 def test_serve_refuses_a_malformed_token_before_starting_anything(tmp_path: Path,
                                                                  serves: list[Serve]) -> None:
     env = _clean_env(**{ENV_TOKEN: "not a token!", ENV_ADMIN_TOKEN: "AdminToken0123456789"})

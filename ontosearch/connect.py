@@ -26,6 +26,8 @@ from ontosearch.constants import (
 )
 
 IDENTITY_PATH = "/api/v2/auth/identity"
+# Seconds a remote request may take: above the slowest batched query, below "hung".
+DEFAULT_TIMEOUT = 120.0
 
 _secret_cache: dict[str, str] = {}
 _secret_lock = threading.Lock()
@@ -167,16 +169,28 @@ def check_server(base_url: str, token: str, timeout: float = 5.0, wait: float = 
                            "is this the ontosearch auth proxy?")
 
 
+def _set_request_timeout(client: Any, timeout: float) -> None:
+    """Bound the HTTP client's requests; chromadb exposes no setting for it, so set it on its session."""
+    import httpx
+
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if isinstance(session, httpx.Client):
+        session.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+
+
 def connect(
     url: str | None = None,
     token: str | None = None,
     path: str | os.PathLike[str] | None = None,
     wait: float = 0.0,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Any:
     """A chromadb client: remote when a URL is given or CHROMA_URL is set, else embedded on disk.
 
     Arguments win over the environment. `wait` gives a server that is starting that many seconds to
-    become healthy. Raises ConnectError with what to fix.
+    become healthy. `timeout` bounds every remote request (chromadb's own default is no timeout, so
+    a stalled server would hang the caller forever); None keeps chromadb's behaviour. Raises
+    ConnectError with what to fix.
     """
     if url and path is not None:
         raise ConnectError("give either url (a remote server) or path (an embedded store), not both")
@@ -191,7 +205,10 @@ def connect(
         check_server(base, resolved, wait=wait)
         import chromadb
 
-        return chromadb.HttpClient(host=host, port=port, ssl=ssl, headers={TOKEN_HEADER: resolved})
+        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers={TOKEN_HEADER: resolved})
+        if timeout is not None:
+            _set_request_timeout(client, timeout)
+        return client
     local = Path(path) if path is not None else Path(os.environ.get(ENV_PATH) or default_local_path())
     local = local.expanduser()
     try:

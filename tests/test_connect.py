@@ -142,6 +142,25 @@ def test_malformed_urls_are_clear_errors(url: str, problem: str) -> None:
         connect(url=url, token=READ)
 
 
+def test_a_stalled_server_gives_the_caller_an_error_not_a_hang(server: LocalTask) -> None:
+    import os
+    import signal
+
+    import httpx
+
+    collection = connect(url=server.url, token=READ, timeout=2).get_collection("connect_terms")
+    assert server.chroma is not None and server.chroma.process is not None
+    os.kill(server.chroma.process.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(httpx.TimeoutException):
+            collection.query(query_embeddings=[[0.9, 0.1]], n_results=1)
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(server.chroma.process.pid, signal.SIGCONT)
+    assert collection.count() == 2
+
+
 @pytest.mark.slow
 def test_wait_gives_a_starting_server_time(tmp_path: Path) -> None:
     port = free_port()

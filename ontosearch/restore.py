@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -136,6 +137,28 @@ def read_restored_manifest(path: str | Path) -> Manifest | None:
         return None
 
 
+def is_mount_point(path: str | Path) -> bool:
+    """True for a mount point, bind mounts included (os.path.ismount misses a bind mount of a directory
+    on the same file system, which is how a container may see its data volume)."""
+    if os.path.ismount(path):
+        return True
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 4 and _unescape_mount(fields[4]) == real:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def _unescape_mount(text: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
 def _visible_entries(path: Path) -> list[str]:
     return sorted(
         name for name in os.listdir(path)
@@ -178,7 +201,7 @@ def _restore(
         raise RestoreError(f"{into} exists and is not a directory; choose another --into")
 
     if in_place is None:
-        in_place = into.is_dir() and os.path.ismount(into)
+        in_place = into.is_dir() and (is_mount_point(into) or not os.access(into.parent, os.W_OK))
     elif in_place and not into.is_dir():
         raise RestoreError(f"{into} must be an existing directory (the volume) to restore in place")
     if into.is_dir():
@@ -213,7 +236,7 @@ def _restore(
             _move_into_mount(data, into, marker_text, replace)
         else:
             (data / RESTORED_MANIFEST_NAME).write_text(marker_text, encoding="utf-8")
-            _swap_into_place(data, into, staging)
+            _swap_into_place(data, into, staging, replace, label)
     except ArchiveError as exc:
         message = str(exc)
         raise RestoreError(message if message.startswith(label) else f"{label}: {message}") from None
@@ -224,13 +247,16 @@ def _restore(
     return manifest
 
 
-def _swap_into_place(data: Path, into: Path, staging: Path) -> None:
+def _swap_into_place(data: Path, into: Path, staging: Path, replace: bool, label: str) -> None:
     if not into.exists():
         os.rename(data, into)
         return
     if not any(os.scandir(into)):
         os.replace(data, into)  # rename(2) replaces an empty directory atomically
         return
+    if not replace:
+        raise RestoreError(f"{into} was filled by someone else during the restore; "
+                           f"pass --replace to swap it for {label}")
     aside = staging / "previous"
     os.rename(into, aside)
     try:

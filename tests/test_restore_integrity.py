@@ -295,3 +295,10 @@ def test_restore_runs_without_chromadb_numpy_or_torch(snap, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stderr
+
+
+def test_mount_points_are_detected_so_a_volume_is_filled_in_place(tmp_path):
+    from ontosearch.restore import is_mount_point
+
+    assert is_mount_point("/")
+    assert not is_mount_point(tmp_path)

@@ -22,6 +22,8 @@ from typing import IO, Any
 from ontosearch.manifest import COMPRESSIONS
 
 ARCHIVE_STEM = "persist.tar"
+# Extraction filters (PEP 706) arrived in 3.11.4; they back up the member checks below.
+_HAS_FILTERS = hasattr(tarfile, "data_filter")
 _CHUNK = 1024 * 1024
 
 
@@ -237,7 +239,10 @@ def extract_archive(
                                 f"archive expands beyond the {max_bytes} bytes its manifest announced; "
                                 "it was not made by build-snapshot"
                             )
-                    tar.extract(member, dest, set_attrs=True, filter="data")
+                    if _HAS_FILTERS:
+                        tar.extract(member, dest, set_attrs=True, filter="data")
+                    else:  # Python < 3.11.4: check_member above already refused what the filter would
+                        tar.extract(member, dest, set_attrs=True)
                     if progress is not None and member.isfile():
                         progress(member.size)
     except ArchiveError:

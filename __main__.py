@@ -5,6 +5,7 @@ import pulumi
 from components.batch_workflow import BatchWorkflow, BatchWorkflowArgs, args_from_config
 from components.chroma_service import ChromaService, ChromaServiceArgs
 from components.config import StackConfig
+from components.encryption import StackKey, StackKeyArgs
 from components.images import Images, ImagesArgs
 from components.network import TASK_INTERFACE_SERVICES, Network, NetworkArgs
 from components.storage import SnapshotBucket, SnapshotBucketArgs
@@ -23,7 +24,8 @@ network = Network("network", NetworkArgs(
     interface_services=[*TASK_INTERFACE_SERVICES, *(["states"] if config.batch_workflow else [])],
 ))
 storage = SnapshotBucket("snapshots", SnapshotBucketArgs(deletion_protection=config.deletion_protection))
-tokens = Tokens("tokens", TokensArgs(deletion_protection=config.deletion_protection))
+key = StackKey("encryption", StackKeyArgs(deletion_protection=config.deletion_protection))
+tokens = Tokens("tokens", TokensArgs(kms_key_arn=key.key_arn, deletion_protection=config.deletion_protection))
 images = Images("images", ImagesArgs(deletion_protection=config.deletion_protection))
 
 service = ChromaService("chroma", ChromaServiceArgs(
@@ -39,6 +41,7 @@ service = ChromaService("chroma", ChromaServiceArgs(
     chroma_image=images.chroma_image,
     proxy_image=images.proxy_image,
     repository_arns=images.repository_arns,
+    kms_key_arn=key.key_arn,
     cpu=config.cpu,
     memory=config.memory,
     ephemeral_storage_gib=config.ephemeral_storage_gib,
@@ -81,6 +84,7 @@ pulumi.export("url", service.url)
 pulumi.export("bucket_name", storage.bucket_name)
 pulumi.export("token_secret_arn", tokens.token_secret_arn)
 pulumi.export("admin_token_secret_arn", tokens.admin_token_secret_arn)
+pulumi.export("kms_key_arn", key.key_arn)
 pulumi.export("cluster_arn", service.cluster_arn)
 pulumi.export("service_name", service.service_name)
 pulumi.export("task_definition_arn", service.task_definition_arn)

@@ -17,6 +17,7 @@ import pulumi_aws as aws
 
 from ontosearch import constants as c
 
+from .encryption import decrypt_secrets_statement
 from .task_definition import RUNTIME_PLATFORM, TASK_VOLUME, TaskSpec, container_definitions
 
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
@@ -41,6 +42,8 @@ class ChromaServiceArgs:
     chroma_image: pulumi.Input[str]
     proxy_image: pulumi.Input[str]
     repository_arns: pulumi.Input[Sequence[str]]
+    # The stack key: encrypts the log group; the token secrets are encrypted with it too.
+    kms_key_arn: pulumi.Input[str]
     cpu: int = 1024
     memory: int = 2048
     ephemeral_storage_gib: int = 21
@@ -72,11 +75,13 @@ def assume_role_policy(service: str, account_id: str) -> str:
 
 
 def execution_role_policy(repository_arns: Sequence[str], log_group_arn: str,
-                          secret_arns: Sequence[str]) -> str:
-    """What ECS needs to start the task: pull our images, write its logs, read the two tokens."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
+                          secret_arns: Sequence[str], key_arn: str | None = None,
+                          region: str | None = None) -> str:
+    """What ECS needs to start the task: pull our images, write its logs, read the two tokens.
+
+    `key_arn`/`region`: the stack key the secrets are encrypted with (needed to read them).
+    """
+    statements = [
             # GetAuthorizationToken has no resource-level permissions; it grants nothing by itself.
             {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
             {"Sid": "EcrPull", "Effect": "Allow",
@@ -86,8 +91,12 @@ def execution_role_policy(repository_arns: Sequence[str], log_group_arn: str,
              "Resource": [log_group_arn, f"{log_group_arn}:*"]},
             {"Sid": "Tokens", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
              "Resource": list(secret_arns)},
-        ],
-    })
+    ]
+    if key_arn is not None:
+        if region is None:
+            raise ValueError("region is required with key_arn")
+        statements.append(decrypt_secrets_statement(key_arn, region))
+    return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
 
 def task_role_policy(bucket_arn: str) -> str:
@@ -130,7 +139,8 @@ class ChromaService(pulumi.ComponentResource):
 
         # --- logs and roles -------------------------------------------------------------------
         log_group = aws.cloudwatch.LogGroup(
-            f"{name}-logs", retention_in_days=args.log_retention_days, opts=child)
+            f"{name}-logs", retention_in_days=args.log_retention_days, kms_key_id=args.kms_key_arn,
+            opts=child)
 
         execution_role = aws.iam.Role(
             f"{name}-execution-role",
@@ -141,8 +151,8 @@ class ChromaService(pulumi.ComponentResource):
             f"{name}-execution-policy",
             role=execution_role.id,
             policy=pulumi.Output.all(args.repository_arns, log_group.arn, args.token_secret_arn,
-                                     args.admin_token_secret_arn).apply(
-                lambda v: execution_role_policy(v[0], v[1], [v[2], v[3]])),
+                                     args.admin_token_secret_arn, args.kms_key_arn, region).apply(
+                lambda v: execution_role_policy(v[0], v[1], [v[2], v[3]], v[4], v[5])),
             opts=child)
         task_role = aws.iam.Role(
             f"{name}-task-role",

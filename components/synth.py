@@ -241,6 +241,10 @@ def _make_mocks(region: str):
                 rid = family
                 state["revision"] = 1
                 state["arnWithoutRevision"] = arn.rsplit(":", 1)[0]
+            elif typ == "aws:kms/key:Key":
+                rid = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-a{h[15:17]}{h[:1]}-{h[1:13]}"
+                arn = f"arn:aws:kms:{region}:{MOCK_ACCOUNT}:key/{rid}"
+                state["keyId"] = rid
             elif typ == "aws:sns/topic:Topic":
                 arn = f"arn:aws:sns:{region}:{MOCK_ACCOUNT}:{phys_name}"
                 rid = arn

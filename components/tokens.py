@@ -18,6 +18,8 @@ TOKEN_LENGTH = 48
 
 @dataclass
 class TokensArgs:
+    # Customer-managed key the secrets are encrypted with (components.encryption.StackKey).
+    kms_key_arn: pulumi.Input[str]
     deletion_protection: bool = False
 
 
@@ -49,6 +51,7 @@ class Tokens(pulumi.ComponentResource):
             secret = aws.secretsmanager.Secret(
                 f"{name}-{role}",
                 description=description,
+                kms_key_id=args.kms_key_arn,
                 # Recoverable for a while in production; immediate delete keeps dev stacks re-creatable.
                 recovery_window_in_days=30 if args.deletion_protection else 0,
                 opts=pulumi.ResourceOptions(parent=self),

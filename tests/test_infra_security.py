@@ -22,6 +22,8 @@ from ontosearch import constants as c
 
 OPEN = {"0.0.0.0/0", "::/0"}
 ACTION_RE = r"[a-z0-9-]+:[A-Za-z0-9*]+"
+IDENTITY_POLICY_TYPES = {"aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy",
+                         "aws:iam/userPolicy:UserPolicy"}
 IAM_STATEMENT_KEYS = {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction", "Resource",
                       "NotResource", "Condition"}
 
@@ -145,9 +147,13 @@ def test_every_policy_document_parses_and_never_allows_star_on_star(stack):
             resources = st.get("Resource", [])
             resources = [resources] if isinstance(resources, str) else resources
             if st["Effect"] == "Allow":
-                wildcard_action = any(a == "*" or a.endswith(":*") for a in actions)
-                assert not (wildcard_action and "*" in resources), f"{where}: * action on * resource"
+                assert "*" not in actions, f"{where}: Allow with Action *"
                 assert "NotAction" not in st and "NotResource" not in st, where
+                # In an identity policy a whole service on every resource is as bad as "*".
+                # (A key policy's Resource "*" means the key itself.)
+                if resource.type in IDENTITY_POLICY_TYPES:
+                    assert not (any(a.endswith(":*") for a in actions) and "*" in resources), \
+                        f"{where}: service-wide action on * resource"
 
 
 def _policy(result, name: str) -> dict:
@@ -216,3 +222,31 @@ def test_no_container_definition_holds_a_secret_value(stack):
     text = json.dumps(container_definitions(result))
     for password in result.of_type("random:index/randomPassword:RandomPassword"):
         assert mock_password(password.name, int(password.raw_inputs["length"])) not in text
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_tokens_and_logs_are_encrypted_with_the_stack_key_and_only_the_task_start_may_decrypt(stack):
+    result = synth_stack(stack)
+    key = result.one("aws:kms/key:Key")
+    assert key.raw_inputs["enableKeyRotation"] is True
+    assert key.protect is (stack == "prod")
+    for secret in result.of_type("aws:secretsmanager/secret:Secret"):
+        assert secret.raw_inputs["kmsKeyId"] == key.state["arn"], secret.name
+    for log_group in result.of_type("aws:cloudwatch/logGroup:LogGroup"):
+        assert log_group.raw_inputs["kmsKeyId"] == key.state["arn"], log_group.name
+    statements = _policy(result, "chroma-execution-policy")["Statement"]
+    decrypt = [s for s in statements if "kms" in json.dumps(s["Action"])]
+    assert decrypt == [{
+        "Sid": "DecryptTokensViaSecretsManager", "Effect": "Allow", "Action": "kms:Decrypt",
+        "Resource": key.state["arn"],
+        "Condition": {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}},
+    }]
+    # The task role (the running containers) never gets the key.
+    assert "kms:" not in json.dumps(_policy(result, "chroma-task-policy"))
+    # Services other than CloudWatch Logs of this account have no grant in the key policy.
+    policy = json.loads(key.raw_inputs["policy"])
+    services = [s["Principal"].get("Service") for s in policy["Statement"] if "Service" in s["Principal"]]
+    assert services == ["logs.us-east-1.amazonaws.com"]
+    logs = next(s for s in policy["Statement"] if s["Principal"].get("Service"))
+    assert logs["Condition"]["ArnLike"]["kms:EncryptionContext:aws:logs:arn"] == \
+        "arn:aws:logs:us-east-1:123456789012:log-group:*"

@@ -318,6 +318,7 @@ def test_every_resource_belongs_to_a_component_named_for_its_role(stack):
         "network": "ontosearch:infra:Network",
         "snapshots": "ontosearch:infra:SnapshotBucket",
         "tokens": "ontosearch:infra:Tokens",
+        "encryption": "ontosearch:infra:StackKey",
         "images": "ontosearch:infra:Images",
         "chroma": "ontosearch:infra:ChromaService",
     }.items()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pulumi_harness import STACKS, mock_password, synth, synth_stack
+from pulumi_harness import STACKS, mock_password, synth, synth_stack, synth_with
 
 from policies.evaluate import StackResource, Violation, evaluate
 from policies.security_policies import POLICIES, stack_of
@@ -89,6 +89,15 @@ def only(violations: list[Violation], policy: str) -> list[Violation]:
 def test_every_stack_passes_every_policy(stack_name: str) -> None:
     resources = stack(stack_name)
     assert {stack_of(r.urn) for r in resources} == {stack_name}
+    violations = evaluate(resources)
+    assert not violations, "\n".join(str(v) for v in violations)
+
+
+@pytest.mark.parametrize("stack_name", STACKS)
+def test_every_stack_with_the_batch_workflow_passes_every_policy(stack_name: str) -> None:
+    resources = to_stack_resources(synth_with(stack_name, {"ontosearch:batchWorkflow": True}))
+    assert any(r.type == "aws:sfn/stateMachine:StateMachine" for r in resources)
+    assert any(r.type == "aws:lambda/function:Function" for r in resources)
     violations = evaluate(resources)
     assert not violations, "\n".join(str(v) for v in violations)
 

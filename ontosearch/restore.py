@@ -37,6 +37,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -62,6 +63,8 @@ _IGNORED_ENTRIES = {"lost+found"}
 _SPACE_MARGIN = 16 * 2**20
 
 Log = Callable[[str], None]
+# Transfers smaller than this finish too fast to need progress lines.
+_PROGRESS_MIN_BYTES = 50 * 2**20
 
 
 class RestoreError(RuntimeError):
@@ -284,6 +287,25 @@ def _move_into_mount(data: Path, into: Path, marker_text: str, replace: bool) ->
     os.rename(tmp_marker, into / RESTORED_MANIFEST_NAME)
 
 
+class _Progress:
+    """Logs every tenth of a long transfer (boto3 calls it from several threads)."""
+
+    def __init__(self, total: int, what: str, log: Log) -> None:
+        self.total, self.what, self.log = max(total, 1), what, log
+        self.done = 0
+        self.next_tenth = 1
+        self.lock = threading.Lock()
+
+    def __call__(self, amount: int) -> None:
+        with self.lock:
+            self.done += amount
+            if self.total < _PROGRESS_MIN_BYTES:
+                return
+            while self.next_tenth < 10 and self.done * 10 >= self.next_tenth * self.total:
+                self.log(f"{self.what} {self.next_tenth * 10}% of {self.total / 2**20:.0f} MiB")
+                self.next_tenth += 1
+
+
 def restore_from_dir(
     snapshot_dir: str | Path,
     into: str | Path,
@@ -357,7 +379,8 @@ def restore_from_s3(
         log(f"restore: downloading {store.url(archive_key)} ({manifest.archive.bytes / 2**20:.1f} MiB)")
         started = time.monotonic()
         try:
-            s3.download_file(bucket, archive_key, str(target))
+            s3.download_file(bucket, archive_key, str(target),
+                             Callback=_Progress(manifest.archive.bytes, "restore: downloaded", log))
         except Exception as exc:
             if not (is_aws_error(exc) and is_missing(exc)):
                 raise

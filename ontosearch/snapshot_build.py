@@ -128,7 +128,8 @@ def verify_with_server(persist_dir: str | Path, manifest: Manifest, log: Log) ->
     started = time.monotonic()
     log_path = Path(persist_dir).parent / "chroma-verify.log"
     with ChromaServer(persist_dir, log_path=log_path) as server:
-        client = chromadb.HttpClient(host=server.host, port=server.port)
+        client = chromadb.HttpClient(host=server.host, port=server.port,
+                                     settings=chromadb.Settings(anonymized_telemetry=False))
         for entry in manifest.collections:
             collection = client.get_collection(entry.name)
             count = collection.count()

@@ -222,6 +222,13 @@ class LocalTask:
         tail = [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
         return ("; last chroma log lines:\n  " + "\n  ".join(tail)) if tail else ""
 
+    def logs(self) -> str:
+        """The proxy's access and error logs and Chroma's output so far (gone after stop())."""
+        text = self.proxy.logs() if self.proxy is not None else ""
+        if self.workdir is not None and (self.workdir / "chroma.log").exists():
+            text += (self.workdir / "chroma.log").read_text(errors="replace")
+        return text
+
     def wait(self, poll: float = 0.2) -> str | None:
         """Block until stop() is called (returns None) or a process dies (returns why)."""
         while not self._stopped.wait(poll):
@@ -320,6 +327,8 @@ def main(argv: list[str]) -> int:
         assert task.proxy is not None and task.proxy.process is not None
         _say(f"chroma pid {task.chroma.process.pid} on {task.chroma.url} (loopback only); "
              f"auth proxy pid {task.proxy.process.pid} on {task.url}")
+        _say(f"work dir {task.workdir} (restored data, logs: proxy/access.log, proxy/error.log, chroma.log; "
+             "removed on exit)")
         if task.token_file is not None:
             _say(f"tokens in {task.token_file} (mode 0600; `set -a; . {task.token_file}` to use them)")
         print(f"ready {task.url}", flush=True)

@@ -187,6 +187,9 @@ def test_serve_restores_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, sna
     read_token, admin_token = values[ENV_TOKEN], values[ENV_ADMIN_TOKEN]
     assert len(_query_through(url, read_token)) == 3
     assert len(_query_through(url, read_token, "mondo_serve")) == 3
+    workdir = Path(re.search(r"work dir (\S+) ", serve.stderr()).group(1))
+    access_log = (workdir / "proxy" / "access.log").read_text()
+    assert "role=read" in access_log and "/query" in access_log
 
     import urllib.error
     import urllib.request
@@ -198,7 +201,8 @@ def test_serve_restores_answers_and_stops_cleanly_on_sigterm(tmp_path: Path, sna
     serve.process.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=30) == 0
     _assert_all_gone((chroma_pid, nginx_pid))
-    assert not token_file.parent.exists(), "the private work dir (restored data, tokens) must be removed"
+    assert not workdir.exists(), "the private work dir (restored data, tokens, logs) must be removed"
+    assert token_file.parent == workdir
     assert "".join(serve.stdout_lines) == f"ready {url}\n"
     everything = "".join(serve.stdout_lines) + serve.stderr()
     assert read_token not in everything and admin_token not in everything
@@ -331,6 +335,8 @@ def test_local_task_in_process_serves_the_snapshot_collections(snapshot: Path) -
         assert task.token_file is not None and stat.S_IMODE(task.token_file.stat().st_mode) == 0o600
         client = task.client()
         assert client.get_collection("cl_serve").count() == COLLECTIONS["cl_serve"]
+        logs = task.logs()
+        assert "role=read" in logs and task.read_token not in logs
         assert task.dead() is None
         workdir = task.workdir
         assert workdir is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import runpy
 import string
 import sys
@@ -20,10 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.config import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARK = "[secret]"
 MOCK_ACCOUNT = "123456789012"
 MOCK_PASSWORD_PREFIX = "MockToken"
+
+
+class StackFileError(ValueError):
+    """Pulumi.<stack>.yaml is missing or malformed."""
 
 
 def _hash(*parts: str, n: int = 17) -> str:
@@ -52,11 +57,11 @@ def load_stack_config(stack: str, root: Path = ROOT) -> dict[str, Any]:
     path = root / f"Pulumi.{stack}.yaml"
     if not path.exists():
         known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
-        raise SystemExit(f"no stack file {path.name}; known stacks: {', '.join(known) or 'none'}")
+        raise StackFileError(f"no stack file {path.name}; known stacks: {', '.join(known) or 'none'}")
     data = yaml.safe_load(path.read_text()) or {}
     config = data.get("config") or {}
     if not isinstance(config, dict):
-        raise SystemExit(f"{path.name}: `config:` must be a mapping")
+        raise StackFileError(f"{path.name}: `config:` must be a mapping")
     return dict(config)
 
 
@@ -403,16 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
     parser.add_argument("--out", type=Path, help="write the resources as a JSON list to this file")
     args = parser.parse_args(argv)
-    os.environ.setdefault("PULUMI_TEST_MODE", "true")
     try:
         result = synth(args.stack)
-    except Exception as exc:  # noqa: BLE001 - a config error must read as one line, not a traceback
-        from components.config import ConfigError
-
-        if isinstance(exc, ConfigError):
-            print(f"synth: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except (ConfigError, StackFileError) as exc:  # a user's mistake: one line, not a traceback
+        print(f"synth: {exc}", file=sys.stderr)
+        return 2
     print_tree(result)
     if args.out:
         args.out.write_text(json.dumps([r.as_json() for r in result.resources], indent=2) + "\n")

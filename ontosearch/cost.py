@@ -154,7 +154,7 @@ def _number(value: Any, default: float) -> float:
 def _alarm_metrics(alarm: dict[str, Any]) -> int:
     queries = alarm.get("metricQueries")
     if queries:
-        return sum(1 for q in queries if q.get("metric"))
+        return sum(1 for q in queries if q.get("metric") is not None)
     return 1
 
 

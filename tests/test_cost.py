@@ -1,0 +1,154 @@
+"""`python -m ontosearch cost`: prices what the synthesized stack deploys, per month and per batch run."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ontosearch import cost
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _resources(**overrides):
+    """A small stack as components.synth writes it: the billable resources the pricing reads."""
+    service = {"desiredCount": 2}
+    task = {"cpu": "4096", "memory": "16384", "ephemeralStorage": {"sizeInGib": 21}}
+    resources = [
+        {"type": "aws:ecs/service:Service", "name": "svc", "inputs": service},
+        {"type": "aws:ecs/taskDefinition:TaskDefinition", "name": "task", "inputs": task},
+        {"type": "aws:appautoscaling/target:Target", "name": "scale", "inputs": {"minCapacity": 2}},
+        {
+            "type": "aws:lb/loadBalancer:LoadBalancer",
+            "name": "alb",
+            "inputs": {"internal": False, "subnets": ["a", "b"]},
+        },
+        {"type": "aws:ec2/vpcEndpoint:VpcEndpoint", "name": "s3", "inputs": {"vpcEndpointType": "Gateway"}},
+        {
+            "type": "aws:ec2/vpcEndpoint:VpcEndpoint",
+            "name": "logs",
+            "inputs": {"vpcEndpointType": "Interface", "subnetIds": ["a", "b"], "serviceName": "x.logs"},
+        },
+        {"type": "aws:secretsmanager/secret:Secret", "name": "read", "inputs": {}},
+        {"type": "aws:secretsmanager/secret:Secret", "name": "admin", "inputs": {}},
+        {"type": "aws:cloudwatch/metricAlarm:MetricAlarm", "name": "a1", "inputs": {}},
+        {
+            "type": "aws:cloudwatch/metricAlarm:MetricAlarm",
+            "name": "a2",
+            "inputs": {
+                "metricQueries": [
+                    {"id": "m1", "metric": {}},
+                    {"id": "m2", "metric": {}},
+                    {"id": "e", "expression": "m1-m2"},
+                ]
+            },
+        },
+    ]
+    return resources + overrides.get("extra", [])
+
+
+def _item(items, key):
+    return [i for i in items if i["price_key"] == key]
+
+
+def test_fargate_is_priced_for_desired_replicas_at_arm64_rates():
+    items = cost.always_on(_resources(), cost.ASSUMPTIONS)
+    (vcpu,) = _item(items, "fargate_vcpu_hour")
+    (memory,) = _item(items, "fargate_gb_hour")
+    assert vcpu["quantity"] == pytest.approx(2 * 4 * 730)
+    assert vcpu["monthly"] == pytest.approx(2 * 4 * 730 * 0.03238)
+    assert memory["monthly"] == pytest.approx(2 * 16 * 730 * 0.00356)
+    (storage,) = _item(items, "fargate_storage_gb_hour")
+    assert storage["quantity"] == pytest.approx(2 * 730 * 1)  # only the GiB above the free 20
+
+
+def test_interface_endpoints_are_priced_per_az_and_gateway_endpoints_are_free():
+    items = cost.always_on(_resources(), cost.ASSUMPTIONS)
+    (endpoints,) = _item(items, "endpoint_az_hour")
+    assert endpoints["quantity"] == pytest.approx(2 * 730)
+
+
+def test_alarm_metrics_count_each_metric_of_a_metric_math_alarm():
+    items = cost.always_on(_resources(), cost.ASSUMPTIONS)
+    (alarms,) = _item(items, "alarm_metric_month")
+    assert alarms["quantity"] == 3
+
+
+def test_nat_gateways_and_hosted_zones_are_priced_only_when_the_stack_creates_them():
+    without = cost.always_on(_resources(), cost.ASSUMPTIONS)
+    assert not _item(without, "nat_hour") and not _item(without, "hosted_zone_month")
+    extra = [
+        {"type": "aws:ec2/natGateway:NatGateway", "name": "nat", "inputs": {}},
+        {"type": "aws:route53/zone:Zone", "name": "zone", "inputs": {}},
+    ]
+    with_them = cost.always_on(_resources(extra=extra), cost.ASSUMPTIONS)
+    assert _item(with_them, "nat_hour")[0]["monthly"] == pytest.approx(730 * 0.045)
+    assert _item(with_them, "hosted_zone_month")[0]["monthly"] == pytest.approx(0.50)
+
+
+def test_batch_execution_cost_grows_with_labels_and_break_even_follows():
+    small = cost.estimate("test", 10_000, resources=_resources())
+    large = cost.estimate("test", 1_000_000, resources=_resources())
+    assert 0 < small["per_execution"] < large["per_execution"]
+    assert small["break_even_executions_per_month"] > large["break_even_executions_per_month"]
+    assert small["break_even_executions_per_month"] == pytest.approx(
+        small["service_only_monthly"] / small["per_execution"]
+    )
+    # Fargate bills at least a minute: a tiny run still pays for one.
+    tiny = cost.batch_execution(1, dict(cost.ASSUMPTIONS, batch_task_start_s=0.0))
+    (task,) = [i for i in tiny if i["price_key"] == "fargate_vcpu_hour"]
+    assert task["quantity"] >= cost.ASSUMPTIONS["batch_task_vcpu"] * 60 / 3600
+
+
+def test_every_price_names_its_source():
+    for key, (usd, unit, source) in cost.PRICES.items():
+        assert usd > 0 and unit and source.startswith("aws.amazon.com/"), key
+
+
+def test_cost_module_never_imports_pulumi():
+    tree = ast.parse(Path(cost.__file__).read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not any(name.split(".")[0].startswith("pulumi") for name in imported)
+
+
+def test_cost_command_prices_the_prod_stack_from_synth():
+    done = subprocess.run(
+        [sys.executable, "-m", "ontosearch", "cost", "--stack", "prod", "--labels", "10000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "Fargate ARM64 vCPU (2 tasks x 4 vCPU)" in text  # Pulumi.prod.yaml: 2 replicas of 4096 CPU
+    assert "TOTAL per month" in text and "TOTAL per execution" in text
+    assert "Break-even:" in text and "10,000 labels" in text
+
+
+def test_cost_command_rejects_an_unknown_stack_with_a_clear_message():
+    done = subprocess.run(
+        [sys.executable, "-m", "ontosearch", "cost", "--stack", "nosuchstack"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "nosuchstack" in done.stderr
+
+
+def test_cost_command_rejects_nonpositive_labels():
+    done = subprocess.run(
+        [sys.executable, "-m", "ontosearch", "cost", "--labels", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--labels" in done.stderr

@@ -70,6 +70,7 @@ if config.batch_workflow:
         chroma_image=images.chroma_image,
         proxy_image=images.proxy_image,
         repository_arns=images.repository_arns,
+        kms_key_arn=key.key_arn,
         cpu=config.cpu,
         memory=config.memory,
         ephemeral_storage_gib=config.ephemeral_storage_gib,

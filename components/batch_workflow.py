@@ -26,6 +26,7 @@ import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from components.chroma_service import assume_role_policy, execution_role_policy
+from components.encryption import decrypt_secrets_statement
 from components.task_definition import (
     RUNTIME_PLATFORM,
     TASK_VOLUME,
@@ -59,6 +60,8 @@ class BatchWorkflowArgs:
     chroma_image: pulumi.Input[str]
     proxy_image: pulumi.Input[str]
     repository_arns: pulumi.Input[Sequence[str]]
+    # The stack key the token secrets (and logs) are encrypted with.
+    kms_key_arn: pulumi.Input[str] | None = None
     cpu: int = 1024
     memory: int = 2048
     ephemeral_storage_gib: int = 21
@@ -112,8 +115,9 @@ def _policy(*statements: dict) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
 
 
-def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str) -> str:
-    """Each step's S3 prefixes (and the query step's secret); nothing else."""
+def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: str | None = None,
+                  region: str | None = None) -> str:
+    """Each step's S3 prefixes (and the query step's secret, decrypted via Secrets Manager); nothing else."""
     inputs = f"{bucket_arn}/{c.WORKFLOW_INPUT_PREFIX}*"
     work = f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"
     results = f"{bucket_arn}/{c.WORKFLOW_RESULTS_PREFIX}*"
@@ -132,6 +136,8 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str) -> str:
                   {"Sid": "WriteResults", "Effect": "Allow", "Action": write, "Resource": results}],
         "save": [{"Sid": "WriteSaveRequest", "Effect": "Allow", "Action": write, "Resource": work}],
     }[step]
+    if step == "query" and key_arn:
+        statements.append(decrypt_secrets_statement(key_arn, str(region)))
     return _policy(*statements)
 
 
@@ -216,7 +222,7 @@ class BatchWorkflow(pulumi.ComponentResource):
         ecs_trust = account_id.apply(lambda a: assume_role_policy("ecs-tasks.amazonaws.com", a))
 
         log_group = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=args.log_retention_days,
-                                            opts=child)
+                                            kms_key_id=args.kms_key_arn, opts=child)
 
         # --- security groups --------------------------------------------------------------------
         lambda_sg = aws.ec2.SecurityGroup(
@@ -247,8 +253,8 @@ class BatchWorkflow(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-execution-policy", role=execution_role.id,
             policy=pulumi.Output.all(args.repository_arns, log_group.arn, args.token_secret_arn,
-                                     args.admin_token_secret_arn).apply(
-                lambda v: execution_role_policy(v[0], v[1], [v[2], v[3]])),
+                                     args.admin_token_secret_arn, args.kms_key_arn, region).apply(
+                lambda v: execution_role_policy(v[0], v[1], [v[2], v[3]], v[4], v[5])),
             opts=child)
         task_role = aws.iam.Role(
             f"{name}-task-role",
@@ -293,8 +299,8 @@ class BatchWorkflow(pulumi.ComponentResource):
                                          opts=child)
             aws.iam.RolePolicy(
                 f"{name}-{step}-policy", role=role.id,
-                policy=pulumi.Output.all(args.bucket_arn, args.token_secret_arn).apply(
-                    lambda v, s=step: lambda_policy(s, v[0], v[1])),
+                policy=pulumi.Output.all(args.bucket_arn, args.token_secret_arn, args.kms_key_arn,
+                                         region).apply(lambda v, s=step: lambda_policy(s, *v)),
                 opts=child)
             env = {c.ENV_WORKFLOW_BUCKET: args.bucket_name}
             if step == "validate":

@@ -143,6 +143,9 @@ def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the
                         grants.add((action, resource))
                     elif action == "secretsmanager:GetSecretValue":
                         secrets.append(resource)
+                    elif action == "kms:Decrypt" and step == "query":
+                        assert resource == arn(result, "aws:kms/key:Key")
+                        assert "secretsmanager." in st["Condition"]["StringEquals"]["kms:ViaService"]
                     else:
                         pytest.fail(f"{step} Lambda may {action} on {resource}")
         assert grants == allowed[step], step
@@ -162,6 +165,15 @@ def test_no_workflow_policy_grants_a_wildcard_action(stack) -> None:
         for st in statements(doc):
             for action in as_list(st.get("Action", [])):
                 assert action != "*" and not action.endswith(":*"), (resource.name, action)
+
+
+def test_batch_task_may_decrypt_its_token_secrets_via_secrets_manager_only(stack) -> None:
+    _, result = stack
+    key = arn(result, "aws:kms/key:Key")
+    decrypt = [st for st in statements(policy(result, "batch-execution-policy"))
+               if "kms:Decrypt" in as_list(st["Action"])]
+    assert [st["Resource"] for st in decrypt] == [key]
+    assert decrypt[0]["Condition"]["StringEquals"]["kms:ViaService"].startswith("secretsmanager.")
 
 
 def test_batch_task_has_an_essential_agent_with_the_token_only_as_a_secret(stack) -> None:

@@ -10,8 +10,11 @@ S3 is moto; the snapshot the Validate step resolves is a real one published by p
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import string
 from collections.abc import Iterator
 
@@ -23,6 +26,7 @@ from moto import mock_aws
 from snapshot_fixtures import make_snapshot
 
 from lambdas import validate as validate_lambda
+from ontosearch import label_io
 from ontosearch.constants import (
     ENV_WORKFLOW_BUCKET,
     ENV_WORKFLOW_CHUNK_SIZE,
@@ -116,7 +120,7 @@ executions = st.one_of(st.just("exec-1"), st.text(max_size=90),
 
 def check_clear_error(exc: BaseException) -> None:
     message = str(exc)
-    assert message and "Traceback" not in message and "\n" not in message
+    assert message.strip() and "Traceback" not in message and 'File "' not in message
 
 
 @PROPERTY_SETTINGS
@@ -150,3 +154,114 @@ def test_execution_names_never_escape_the_work_and_results_folders(execution, in
     for key in keys:
         parts = key.split("/")
         assert parts[1] == execution and ".." not in parts and "" not in parts
+
+
+# --- label files (annotate's readers, reused by the Split Lambda) -------------------------------
+
+def physical_lines(data: bytes) -> int:
+    """Lines as a text reader sees them: ended by \\r\\n, \\r or \\n, plus an unterminated last one."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return len(re.findall(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", data))
+
+
+def check_rows(rows: list[tuple], expected: int | None = None) -> None:
+    """Rows numbered 1..N in order; each either a usable label or an error with a reason."""
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    if expected is not None:
+        assert len(rows) == expected
+    for _row, label, error in rows:
+        assert isinstance(label, str)
+        assert not any("\ud800" <= ch <= "\udfff" for ch in label)  # writable as UTF-8
+        if error is None:
+            assert label and label == label.strip() and len(label) <= label_io.MAX_LABEL_CHARS
+        else:
+            assert isinstance(error, str) and error and "Traceback" not in error
+
+
+def read_all(data: bytes, fmt: str, column: str | None = None) -> list[tuple]:
+    try:
+        return list(label_io.read_labels(io.BytesIO(data), fmt, column))
+    except label_io.LabelFileError as exc:
+        check_clear_error(exc)
+        raise
+
+
+line_texts = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40)
+any_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.one_of(line_texts.map(lambda s: s.encode()), st.binary(max_size=12),
+                       st.sampled_from([b"", b" ", b"\xff\xfe", b"\xef\xbb\xbf", b'"', b",", b"\t", b"{",
+                                        b"}", b'{"label": "x"}', b'{"label": 3}', b"null", b"a" * 1200])),
+             max_size=12)
+    .flatmap(lambda parts: st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=len(parts),
+                                    max_size=len(parts))
+             .map(lambda ends: b"".join(p + e for p, e in zip(parts, ends, strict=True)))),
+)
+
+
+@PROPERTY_SETTINGS
+@given(data=any_bytes)
+def test_txt_every_line_is_one_row_whatever_the_bytes(data: bytes) -> None:
+    rows = read_all(data, "txt")
+    check_rows(rows, physical_lines(data))
+
+
+@PROPERTY_SETTINGS
+@given(data=any_bytes, fmt=st.sampled_from(["csv", "tsv", "jsonl"]), column=st.sampled_from([None, "label"]))
+def test_any_bytes_give_rows_or_one_clear_file_error(data: bytes, fmt: str, column: str | None) -> None:
+    try:
+        rows = read_all(data, fmt, column)
+    except label_io.LabelFileError:
+        assert fmt in {"csv", "tsv"}  # only a header problem refuses the whole file
+        return
+    check_rows(rows, physical_lines(data) if fmt == "jsonl" else None)
+
+
+@PROPERTY_SETTINGS
+@given(labels=st.lists(st.text(max_size=30), max_size=25), fmt=st.sampled_from(["csv", "tsv"]),
+       extra=st.booleans())
+def test_tables_written_by_a_csv_writer_are_read_back_row_for_row(labels: list[str], fmt: str,
+                                                                   extra: bool) -> None:
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\r\n")
+    writer.writerow(["id", "label"] if extra else ["label"])
+    for i, label in enumerate(labels):
+        writer.writerow([str(i), label] if extra else [label])
+    data = out.getvalue().encode("utf-8", "surrogatepass")
+    rows = read_all(data, fmt, "label")
+    check_rows(rows, len(labels))
+    for (_row, label, error), given_label in zip(rows, labels, strict=True):
+        if error is None:
+            assert label == given_label.strip()
+        elif not any("\ud800" <= ch <= "\udfff" for ch in given_label):
+            assert not given_label.strip() or len(given_label.strip()) > label_io.MAX_LABEL_CHARS
+
+
+@PROPERTY_SETTINGS
+@given(records=st.lists(json_values, max_size=20))
+def test_jsonl_every_line_is_one_row_and_good_labels_survive(records: list) -> None:
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    rows = read_all(data, "jsonl")
+    check_rows(rows, len(records))
+    for (_row, label, error), record in zip(rows, records, strict=True):
+        good = isinstance(record, dict) and isinstance(record.get("label"), str) and record["label"].strip()
+        if good and not any("\ud800" <= ch <= "\udfff" for ch in record["label"]):
+            assert error is None and label == record["label"].strip()
+        else:
+            assert error is not None
+
+
+@PROPERTY_SETTINGS
+@given(data=any_bytes)
+def test_result_writer_accounts_for_every_row(data: bytes) -> None:
+    rows = read_all(data, "txt")
+    out = io.StringIO()
+    matches = [{"rank": 1, "term_id": "CL:0000000", "term_label": "cell", "score": 0.5}]
+    results = ((r, label, error, matches if r % 3 else []) for r, label, error in rows)
+    counts = label_io.write_rows(out, results, ontology="cl")
+    written = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert counts["rows"] == len(rows) == len(written)
+    assert counts["annotated"] + counts["errors"] + counts["no_match"] == len(rows)
+    assert [w["status"] for w in written].count("error") == counts["errors"] == sum(1 for r in rows if r[2])
+    out.getvalue().encode("utf-8")  # the output file can be written as UTF-8

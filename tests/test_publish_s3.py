@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
-from snapshot_fixtures import SNAPSHOT_COLLECTIONS, copy_snapshot
+from snapshot_helpers import SNAPSHOT_COLLECTIONS, copy_snapshot
 
 from ontosearch import restore as restore_cli
 from ontosearch import snapshot_store

@@ -13,8 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from snapshot_fixtures import SNAPSHOT_COLLECTIONS as COLLECTIONS
-from snapshot_fixtures import copy_snapshot
+from snapshot_helpers import SNAPSHOT_COLLECTIONS as COLLECTIONS
+from snapshot_helpers import copy_snapshot
 
 from ontosearch.archive import sha256_file
 from ontosearch.constants import CHROMA_VERSION, MANIFEST_NAME, RESTORED_MANIFEST_NAME

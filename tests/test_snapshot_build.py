@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from snapshot_fixtures import TEST_EMBEDDER, write_persist_dir
+from snapshot_helpers import TEST_EMBEDDER, write_persist_dir
 
 from ontosearch.archive import sha256_file
 from ontosearch.constants import CHROMA_VERSION, MANIFEST_NAME, SNAPSHOT_FORMAT_VERSION

@@ -265,3 +265,29 @@ def test_result_writer_accounts_for_every_row(data: bytes) -> None:
     assert counts["annotated"] + counts["errors"] + counts["no_match"] == len(rows)
     assert [w["status"] for w in written].count("error") == counts["errors"] == sum(1 for r in rows if r[2])
     out.getvalue().encode("utf-8")  # the output file can be written as UTF-8
+
+
+# --- the Split step: the same reader over S3, every row reaches exactly one chunk ----------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(data=any_bytes, fmt=st.sampled_from(["txt", "csv", "tsv", "jsonl"]), chunk_size=st.integers(1, 7))
+def test_split_puts_every_row_in_exactly_one_chunk(s3, data: bytes, fmt: str, chunk_size: int) -> None:
+    key = f"{WORKFLOW_INPUT_PREFIX}fuzz.{fmt}"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    job = {"bucket": BUCKET, "key": key, "input": f"s3://{BUCKET}/{key}", "format": fmt, "column": None,
+           "chunk_size": chunk_size}
+    try:
+        expected = list(label_io.read_labels(io.BytesIO(data), fmt))
+    except label_io.LabelFileError:
+        with pytest.raises(label_io.LabelFileError):
+            steps.split(job, "fuzz-exec", s3)
+        return
+    result = steps.split(job, "fuzz-exec", s3)
+    assert result["rows"] == len(expected) == sum(c["rows"] for c in result["chunks"])
+    seen = []
+    for chunk in result["chunks"]:
+        rows = steps.read_chunk(s3, BUCKET, chunk["key"])
+        assert len(rows) == chunk["rows"] <= chunk_size
+        seen += [(r["row"], r["label"], r["error"]) for r in rows]
+    assert seen == expected

@@ -420,6 +420,9 @@ def main(argv: list[str]) -> int:
     except (RestoreError, ManifestError, ArchiveError, StoreError) as exc:
         print(f"restore-snapshot: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"restore-snapshot: cannot restore into {args.into}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not is_aws_error(exc):
             raise

@@ -314,6 +314,9 @@ def main(argv: list[str]) -> int:
     except (ManifestError, ArchiveError, StoreError) as exc:
         print(f"publish-snapshot: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"publish-snapshot: cannot read {args.snapshot_dir}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if not is_aws_error(exc):
             raise

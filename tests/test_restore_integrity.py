@@ -302,3 +302,13 @@ def test_mount_points_are_detected_so_a_volume_is_filled_in_place(tmp_path):
 
     assert is_mount_point("/")
     assert not is_mount_point(tmp_path)
+
+
+def test_cli_reports_an_unusable_target_in_one_line(snap, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["--from", str(snap), "--into", str(blocker / "data")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"restore-snapshot: cannot restore into {blocker / 'data'}")
+    assert main(["--from", str(snap), "--into", str(blocker)]) == 1
+    assert "exists and is not a directory" in capsys.readouterr().err

@@ -72,6 +72,7 @@ PRICES: dict[str, tuple[float, str, str]] = {
     "logs_ingest_gb": (0.50, "per GB of logs ingested", "aws.amazon.com/cloudwatch/pricing"),
     "logs_store_gb_month": (0.03, "per GB-month of logs stored", "aws.amazon.com/cloudwatch/pricing"),
     "hosted_zone_month": (0.50, "per hosted zone-month", "aws.amazon.com/route53/pricing"),
+    "kms_key_month": (1.00, "per customer managed KMS key-month", "aws.amazon.com/kms/pricing"),
     "s3_gb_month": (0.023, "per GB-month, S3 Standard", "aws.amazon.com/s3/pricing"),
     "s3_put_1k": (0.005, "per 1,000 PUT/LIST requests", "aws.amazon.com/s3/pricing"),
     "s3_get_1k": (0.0004, "per 1,000 GET requests", "aws.amazon.com/s3/pricing"),
@@ -164,7 +165,7 @@ def always_on(resources: list[dict[str, Any]], a: dict[str, Any]) -> list[dict[s
 
     def add(item: str, quantity: float, unit: str, key: str) -> None:
         # Shared: what a batch-only deployment also keeps all month (network, secrets, bucket, images).
-        shared = key.startswith(("nat_", "endpoint_", "secret_", "s3_", "ecr_", "hosted_zone"))
+        shared = key.startswith(("nat_", "endpoint_", "secret_", "s3_", "ecr_", "hosted_zone", "kms_"))
         items.append(
             {
                 "item": item,
@@ -290,6 +291,9 @@ def always_on(resources: list[dict[str, Any]], a: dict[str, Any]) -> list[dict[s
         add(
             "CloudWatch Logs stored (retention window)", a["logs_gb_month"], "GB-month", "logs_store_gb_month"
         )
+    keys = _inputs(resources, "kms/key:Key")
+    if keys:
+        add(f"KMS customer managed keys ({len(keys)})", len(keys), "key-month", "kms_key_month")
     zones = _inputs(resources, "route53/zone:Zone")
     if zones:
         add(f"Route 53 hosted zones ({len(zones)})", len(zones), "zone-month", "hosted_zone_month")

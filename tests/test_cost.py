@@ -78,16 +78,19 @@ def test_alarm_metrics_count_each_metric_of_a_metric_math_alarm():
     assert alarms["quantity"] == 3
 
 
-def test_nat_gateways_and_hosted_zones_are_priced_only_when_the_stack_creates_them():
+def test_nat_gateways_zones_and_kms_keys_are_priced_only_when_the_stack_creates_them():
     without = cost.always_on(_resources(), cost.ASSUMPTIONS)
     assert not _item(without, "nat_hour") and not _item(without, "hosted_zone_month")
+    assert not _item(without, "kms_key_month")
     extra = [
         {"type": "aws:ec2/natGateway:NatGateway", "name": "nat", "inputs": {}},
         {"type": "aws:route53/zone:Zone", "name": "zone", "inputs": {}},
+        {"type": "aws:kms/key:Key", "name": "key", "inputs": {}},
     ]
     with_them = cost.always_on(_resources(extra=extra), cost.ASSUMPTIONS)
     assert _item(with_them, "nat_hour")[0]["monthly"] == pytest.approx(730 * 0.045)
     assert _item(with_them, "hosted_zone_month")[0]["monthly"] == pytest.approx(0.50)
+    assert _item(with_them, "kms_key_month")[0]["monthly"] == pytest.approx(1.00)
 
 
 def test_batch_execution_cost_grows_with_labels_and_break_even_follows():

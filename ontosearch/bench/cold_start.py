@@ -125,3 +125,18 @@ def fargate_estimate(
         f" = {total:.0f} s"
     )
     return {"total_s": total, "arithmetic": arithmetic, "assumptions": a}
+
+
+def time_serve(snapshot_dir: str | Path, collection: str, query: np.ndarray) -> dict[str, Any]:
+    """The same cold start through `serve`'s LocalTask: restore, chroma, proxy, a query per collection."""
+    from ontosearch.bench.load import HttpPath
+    from ontosearch.proxy import generate_token
+    from ontosearch.serve import LocalTask
+
+    read_token = generate_token()
+    t0 = time.perf_counter()
+    with LocalTask(snapshot=snapshot_dir, read_token=read_token, admin_token=generate_token()) as task:
+        ready = time.perf_counter() - t0
+        HttpPath(task.url, collection, token=read_token).query_ids(query[None, :])
+        first = time.perf_counter() - t0
+    return {"ready_s": ready, "first_query_s": first}

@@ -109,8 +109,8 @@ def _in_process(
 
 def measure(dataset: Dataset, settings: QuerySettings, log: Any = print) -> dict[str, Any]:
     """All four paths for one dataset: load runs, batched per-label cost, recall@10."""
-    from ontosearch.chroma_process import ChromaServer
-    from ontosearch.proxy import NginxProxy, generate_token
+    from ontosearch.proxy import generate_token
+    from ontosearch.serve import LocalTask
 
     runs: list[dict[str, Any]] = []
     latencies: dict[str, dict[int, list[float]]] = {p: {} for p in PATHS}
@@ -144,12 +144,13 @@ def measure(dataset: Dataset, settings: QuerySettings, log: Any = print) -> dict
     exact = ExactPath(dataset.vectors, dataset.ids)
     read_token, admin_token = generate_token(), generate_token()
     bodies = [query_body(q[None, :]) for q in queries]
-    with (
-        ChromaServer(dataset.persist_dir) as server,
-        NginxProxy(server.port, read_token, admin_token) as proxy,
-    ):
+    # The local replica of the Fargate task (`serve`): chroma run on loopback behind nginx with the
+    # task's config. The direct path talks to the very same chroma process.
+    with LocalTask(persist_dir=dataset.persist_dir, read_token=read_token, admin_token=admin_token) as task:
+        server = task.chroma
+        assert server is not None
         direct = HttpPath(server.url, dataset.collection)
-        proxied = HttpPath(proxy.url, dataset.collection, token=read_token)
+        proxied = HttpPath(task.url, dataset.collection, token=read_token)
         for concurrency in settings.concurrencies:
             for name, path in ((DIRECT, direct), (PROXY, proxied)):
                 log(f"  {dataset.name}: {name} x{concurrency}")

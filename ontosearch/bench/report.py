@@ -261,8 +261,8 @@ def markdown(results: dict[str, Any]) -> str:
             "## Cold start",
             "",
             "| snapshot | archive MB | persist MB | restore s | chroma s | proxy s | "
-            "first query s | total s | trials |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+            "first query s | total s | trials | serve ready s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         for run in cold.get("runs", []):
             ph = run.get("phases", {})
@@ -271,7 +271,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(run.get('persist_mb'), 1)} | {_fmt(ph.get('restore_s'))} | "
                 f"{_fmt(ph.get('chroma_start_s'))} | {_fmt(ph.get('proxy_start_s'))} | "
                 f"{_fmt(ph.get('first_query_s'))} | **{_fmt(run.get('total_s'))}** | "
-                f"{', '.join(_fmt(t) for t in run.get('trials', []))} |"
+                f"{', '.join(_fmt(t) for t in run.get('trials', []))} | {_fmt(run.get('serve_ready_s'))} |"
             )
         for name, rows in cold.get("compression", {}).items():
             out += [

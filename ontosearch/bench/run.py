@@ -258,6 +258,7 @@ class Bench:
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
         best = sorted(trials, key=lambda t: t["total_s"])[len(trials) // 2]
+        serve = cold_start.time_serve(snapshot_dir, collections[-1], query)
         run = {
             "snapshot": name,
             "compression": manifest.archive.compression,
@@ -269,6 +270,8 @@ class Bench:
             "phases": best["phases"],
             "second_query_ms": best["second_query_ms"],
             "trials": [t["total_s"] for t in trials],
+            "serve_ready_s": serve["ready_s"],
+            "serve_first_query_s": serve["first_query_s"],
         }
         cold["runs"].append(run)
         compressions = ["gz", "zst"] if self.quick else None

@@ -307,3 +307,13 @@ def test_restored_snapshot_opens_in_a_fresh_chroma_server_and_answers_queries(s3
             probe = collection.get(ids=["T:0000007"], include=["embeddings"])
             hits = collection.query(query_embeddings=[probe["embeddings"][0]], n_results=3)
             assert hits["ids"][0][0] == "T:0000007"
+
+
+def test_custom_prefix_keeps_its_own_pointer_and_versions(s3, snapshot_pair, tmp_path):
+    result = publish_snapshot(snapshot_pair[0], BUCKET, prefix="team/snaps/", s3=s3, log=_quiet, now=T0)
+    assert f"team/snaps/{result.version}/{MANIFEST_NAME}" in _keys(s3)
+    assert "team/snaps/LATEST" in _keys(s3) and POINTER_KEY not in _keys(s3)
+    with pytest.raises(RestoreError, match="no snapshot is published"):
+        restore_from_s3(BUCKET, "latest", tmp_path / "default", s3=s3, log=_quiet)
+    restored = restore_from_s3(BUCKET, "latest", tmp_path / "data", prefix="team/snaps", s3=s3, log=_quiet)
+    assert restored.version == result.version

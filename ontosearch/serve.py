@@ -190,7 +190,7 @@ class LocalTask:
         client = self.client()
         names = self.collection_names() or [c.name for c in client.list_collections()]
         for name in names:
-            collection = client.get_collection(name)
+            collection = client.get_collection(name, embedding_function=None)
             sample = collection.get(limit=1, include=["embeddings"])
             embeddings = sample.get("embeddings")
             if embeddings is None or len(embeddings) == 0:

@@ -150,6 +150,26 @@ def task_identity(proxy_port: int = PROXY_PORT) -> tuple[str, str]:
     return url, task_arn
 
 
+def stopped_containers() -> str:
+    """Containers of this task that exited with an error, from the ECS task metadata endpoint (v4).
+
+    A restore that failed is why chroma never started (it depends on restore SUCCESS); naming it
+    turns "not ready" into a cause that says where to look.
+    """
+    metadata = os.environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not metadata:
+        return ""
+    try:
+        status, body = _get(metadata + "/task", {}, timeout=2)
+        containers = json.loads(body).get("Containers", []) if status == 200 else []
+    except (OSError, ValueError, urllib.error.URLError):
+        return ""
+    failed = [f"container {c.get('Name')} exited with code {c.get('ExitCode')}"
+              for c in containers
+              if c.get("KnownStatus") == "STOPPED" and c.get("ExitCode") not in (None, 0)]
+    return "; ".join(failed)
+
+
 class Agent:
     def __init__(self, sfn: Any, task_token: str, proxy_url: str, chroma_token: str, deadline: float,
                  ready_timeout: float, heartbeat_interval: float, poll: float = 0.5,
@@ -193,8 +213,10 @@ class Agent:
             if now >= give_up:
                 break
             time.sleep(self.poll)
-        cause = (f"the task did not become ready within {self.ready_timeout:.0f} s: {problem} "
-                 "(see the restore, chroma and proxy container logs)")
+        stopped = stopped_containers()
+        cause = (f"the task did not become ready within {self.ready_timeout:.0f} s: {problem}"
+                 + (f"; {stopped}" if stopped else "")
+                 + " (see the restore, chroma and proxy container logs)")
         self._call("send_task_failure", error=TaskNotReadyError.__name__, cause=cause[:32768])
         raise AgentStop(EXIT_NOT_READY, cause)
 

@@ -103,6 +103,8 @@ class WorkflowSettings:
                      "chunk_timeout_seconds", "save_timeout_seconds"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ready_timeout_seconds < 10:
+            problems.append(f"ready_timeout_seconds must be >= 10, got {self.ready_timeout_seconds}")
         if self.ready_timeout_seconds >= self.workflow_timeout_seconds:
             problems.append(
                 f"ready_timeout_seconds ({self.ready_timeout_seconds}) must be below "
@@ -114,6 +116,13 @@ class WorkflowSettings:
             )
         if problems:
             raise ValueError("invalid workflow settings: " + "; ".join(problems))
+
+    @property
+    def agent_ready_timeout_seconds(self) -> int:
+        """The agent gives up before the state times out, so its cause (what is not ready) reaches the
+        execution instead of a bare States.Timeout. Its clock starts when its container starts,
+        after the image pull, hence a margin of a fifth (3 to 60 s)."""
+        return self.ready_timeout_seconds - max(3, min(60, self.ready_timeout_seconds // 5))
 
     @property
     def task_deadline_seconds(self) -> int:
@@ -242,7 +251,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
                                 {"Name": ENV_TASK_EXECUTION_START, "Value.$": "$$.Execution.StartTime"},
                                 {"Name": ENV_TASK_DEADLINE_SECONDS, "Value": str(s.task_deadline_seconds)},
                                 {"Name": ENV_TASK_READY_TIMEOUT_SECONDS,
-                                 "Value": str(s.ready_timeout_seconds)},
+                                 "Value": str(s.agent_ready_timeout_seconds)},
                                 {"Name": ENV_TASK_HEARTBEAT_SECONDS,
                                  "Value": str(max(1, s.heartbeat_seconds // HEARTBEAT_FRACTION))},
                             ],

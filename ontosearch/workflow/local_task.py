@@ -24,10 +24,21 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ontosearch.constants import DATA_DIR, ENV_ADMIN_TOKEN, ENV_TASK_URL, ENV_TOKEN, ENV_WORKFLOW_BUCKET
+from ontosearch.constants import (
+    CHROMA_CONTAINER,
+    DATA_DIR,
+    ENV_ADMIN_TOKEN,
+    ENV_TASK_URL,
+    ENV_TOKEN,
+    ENV_WORKFLOW_BUCKET,
+    PROXY_CONTAINER,
+    RESTORE_CONTAINER,
+    TASK_AGENT_CONTAINER,
+)
 
 
 def log(message: str) -> None:
@@ -61,12 +72,55 @@ class Replica:
         self.restore: subprocess.Popen | None = None
         self.task: Any = None
         self.reason = ""
+        self.metadata_server: ThreadingHTTPServer | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        """What the ECS task metadata endpoint (v4) `/task` says about this task's containers."""
+        def status(process: subprocess.Popen | None) -> dict[str, Any]:
+            if process is None:
+                return {"KnownStatus": "PENDING"}
+            code = process.poll()
+            if code is None:
+                return {"KnownStatus": "RUNNING"}
+            return {"KnownStatus": "STOPPED", "ExitCode": code}
+
+        chroma = getattr(self.task, "chroma", None) if self.task else None
+        proxy = getattr(self.task, "proxy", None) if self.task else None
+        containers = {
+            RESTORE_CONTAINER: status(self.restore),
+            CHROMA_CONTAINER: status(chroma.process if chroma else None),
+            PROXY_CONTAINER: status(proxy.process if proxy else None),
+            TASK_AGENT_CONTAINER: status(self.agent),
+        }
+        return {"TaskARN": self.spec["task_arn"], "KnownStatus": "RUNNING",
+                "Containers": [{"Name": name, **state} for name, state in containers.items()]}
+
+    def start_metadata_endpoint(self) -> str:
+        replica = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                data = json.dumps(replica.metadata() if self.path.endswith("/task") else {}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.metadata_server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.metadata_server.daemon_threads = True
+        threading.Thread(target=self.metadata_server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.metadata_server.server_address[1]}/v4/local"
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         return {**os.environ, **extra}
 
     def start_agent(self, read_token: str) -> None:
         env = self._env({**self.spec["agent_env"], ENV_TOKEN: read_token,
+                         "ECS_CONTAINER_METADATA_URI_V4": self.start_metadata_endpoint(),
                          ENV_WORKFLOW_BUCKET: self.spec["bucket"],
                          ENV_TASK_URL: self.spec["proxy_url"], "TASK_ARN": self.spec["task_arn"]})
         env.pop(ENV_ADMIN_TOKEN, None)
@@ -155,6 +209,9 @@ class Replica:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        if self.metadata_server is not None:
+            self.metadata_server.shutdown()
+            self.metadata_server.server_close()
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)
         log(f"stopped: {self.reason or 'stop requested'}")

@@ -1,0 +1,152 @@
+"""Faults of the batch workflow (issue 4 "Verification"), each run through the real local state machine.
+
+Each ends with the execution failed (or timed out) with a cause naming the problem, the parts of the
+chunks that succeeded kept in S3, and no Chroma or nginx process of the task left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from workflow_fixtures import processes_mentioning, wait_until_gone
+
+from ontosearch.proxy import generate_token
+from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
+
+pytest_plugins = ["workflow_fixtures"]
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["T cell", "hepatocyte", "B cells", "astrocyte", "monocytes", "neuron"]
+
+
+def leftovers(task: LocalTaskHandle, timeout: float = 15) -> list[str]:
+    left = wait_until_gone(str(task.workdir), timeout=timeout)
+    record = task.workdir / "replica.json"
+    if record.exists():
+        info = json.loads(record.read_text())
+        left += wait_until_gone(info["serve_workdir"], timeout=5)
+        for name, pid in info["pids"].items():
+            status = Path(f"/proc/{pid}/status")
+            if pid and status.exists() and "State:\tZ" not in status.read_text():
+                left.append(f"{name} pid {pid}")
+    return left
+
+
+def start(flow: LocalWorkflow, snapshot: Path, tmp_path: Path) -> str:
+    flow.publish_snapshot(snapshot)
+    source = tmp_path / "labels.txt"
+    source.write_text("\n".join(LABELS) + "\n")
+    return flow.upload_input(source)
+
+
+def lambda_message(cause: str) -> str:
+    """lambda:invoke reports a function error's JSON body as the cause."""
+    return json.loads(cause)["errorMessage"]
+
+
+def test_a_chunk_that_keeps_failing_fails_the_execution_and_keeps_finished_parts(small_snapshot, tmp_path):
+    def lose_second_chunk(split):
+        def handler(event, context):
+            result = split(event, context)
+            boto3.client("s3").delete_object(Bucket=event["job"]["bucket"], Key=result["chunks"][1]["key"])
+            return result
+        return handler
+
+    with LocalWorkflow(chunk_size=2, map_concurrency=1, wrap={"split": lose_second_chunk}) as flow:
+        uri = start(flow, small_snapshot, tmp_path)
+        run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+        assert run.status == "FAILED"
+        assert run.error == "ChunkQueryError"
+        assert f"work/{run.execution}/chunks/00001.jsonl is missing" in lambda_message(run.cause)
+        # the chunk before it finished and its part is kept; the failed one has none; nothing was merged
+        # (the local Map may still run an iteration queued before the failure; AWS would not start it)
+        parts = flow.keys(f"work/{run.execution}/parts/")
+        assert f"work/{run.execution}/parts/00000.csv" in parts
+        assert f"work/{run.execution}/parts/00001.csv" not in parts
+        assert flow.keys("results/") == []
+        (task,) = run.tasks
+        assert task.stopped_reason() == "StopTask"
+        assert not leftovers(task)
+        entered = [e["state"] for e in run.events if e.get("event") == "StateEntered"]
+        assert "StopTaskAfterFailure" in entered and "Merge" not in entered
+
+
+def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, tmp_path):
+    with LocalWorkflow(ready_timeout_seconds=20, workflow_timeout_seconds=120) as flow:
+        uri = start(flow, small_snapshot, tmp_path)
+        # damage the published archive: restore refuses it, so chroma never starts
+        key = next(k for k in flow.keys("snapshots/") if k.endswith(".tar.gz"))
+        data = bytearray(flow.s3.get_object(Bucket=flow.bucket, Key=key)["Body"].read())
+        data[len(data) // 2] ^= 0xFF
+        flow.s3.put_object(Bucket=flow.bucket, Key=key, Body=bytes(data))
+        started = time.monotonic()
+        run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+        assert run.status == "FAILED"
+        assert run.error == "TaskNotReadyError"
+        assert "did not become ready" in run.cause
+        assert "container restore exited with code" in run.cause
+        assert time.monotonic() - started < 60
+        (task,) = run.tasks
+        assert "sha256" in task.log("restore.log") or "checksum" in task.log("restore.log").lower()
+        assert not leftovers(task)
+        assert flow.keys(f"work/{run.execution}/parts/") == []
+
+
+def test_a_wrong_token_fails_without_retries_and_names_the_secret_mismatch(small_snapshot, tmp_path):
+    calls = []
+
+    def count_calls(query):
+        def handler(event, context):
+            calls.append(event["chunk"]["index"])
+            return query(event, context)
+        return handler
+
+    with LocalWorkflow(lambda_token=generate_token(), chunk_size=3, map_concurrency=1,
+                       wrap={"query": count_calls}) as flow:
+        uri = start(flow, small_snapshot, tmp_path)
+        run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+        assert run.status == "FAILED"
+        assert run.error == "ChromaAuthError"
+        message = lambda_message(run.cause)
+        assert "refused the token (HTTP 401)" in message and "secret" in message
+        assert calls[:1] == [0] and calls.count(0) == 1, f"an auth error must not be retried: {calls}"
+        (task,) = run.tasks
+        assert task.stopped_reason() == "StopTask"
+        assert not leftovers(task)
+
+
+def test_a_run_past_its_timeout_is_stopped_by_the_task_itself(small_snapshot, tmp_path):
+    release = threading.Event()
+
+    def slow_merge(merge):
+        def handler(event, context):
+            release.wait(60)  # far longer than the execution may run
+            raise RuntimeError("merge released after the test")
+        return handler
+
+    with LocalWorkflow(workflow_timeout_seconds=16, ready_timeout_seconds=12, task_deadline_grace_seconds=4,
+                       wrap={"merge": slow_merge}) as flow:
+        try:
+            uri = start(flow, small_snapshot, tmp_path)
+            run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+            assert run.status == "TIMED_OUT"
+            assert run.error == "States.Timeout"
+            assert "TimeoutSeconds (16 s)" in run.cause
+            (task,) = run.tasks
+            # Catch does not run on a timeout: nothing stopped the task, it stops at its own deadline
+            assert task.running(), "the runner must not have stopped the task"
+            assert not leftovers(task, timeout=30)
+            assert not task.running()
+            assert "task-agent exited with code 4" in task.stopped_reason()
+            assert "deadline passed" in task.log("task-agent.log")
+            # the finished parts are kept
+            assert len(flow.keys(f"work/{run.execution}/parts/")) == 1
+        finally:
+            release.set()
+    assert not processes_mentioning(str(flow.workdir))

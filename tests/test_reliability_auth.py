@@ -8,7 +8,9 @@ token never changes data, nothing is a 5xx, and the data is unchanged at the end
 
 And "the token never appears in any log line" for the processes that handle it besides the proxy
 (whose own log test is in test_proxy_auth.py): `serve` (its output, Chroma's log and nginx's logs
-while it runs) and `loadtest`.
+while it runs), `loadtest`, and the batch workflow run locally (the runner's output, the Lambda
+handlers' logging, the task agent's and restore's logs, the execution result), including a run whose
+query Lambda holds a wrong token.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from reliability_fixtures import ROOT, ServeProcess, vector_snapshot
 
 from ontosearch.constants import ENV_TOKEN, HEARTBEAT_PATH, TOKEN_HEADER
 from ontosearch.serve import LocalTask
+
+pytest_plugins = ["workflow_fixtures"]
 
 READ = "FuzzReadToken0123456789abcdefXYZ"
 ADMIN = "FuzzAdminToken9876543210fedcbaQRS"
@@ -220,4 +224,48 @@ def test_serve_and_loadtest_never_log_a_token(tmp_path: Path) -> None:
     logs["serve"] = "\n".join(serve.stdout + serve.stderr)
     for name, text in logs.items():
         for token in (serve.read_token, serve.admin_token):
+            assert token.lower() not in text.lower(), f"a token appears in {name}"
+
+
+def _workflow_logs(flow_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(flow_dir)): p.read_text(errors="replace")
+            for p in flow_dir.rglob("*") if p.is_file() and p.suffix in {".log", ".json", ".txt", ".csv", ""}
+            and p.stat().st_size < 5_000_000}
+
+
+@pytest.mark.slow
+def test_workflow_and_lambdas_never_log_a_token(small_snapshot: Path, tmp_path: Path, capfd, caplog) -> None:
+    """A successful execution and one whose query Lambda holds a wrong token: the runner's output, the
+    Lambdas' logging, the task agent's and restore's logs, and the execution result carry no token."""
+    import logging
+
+    import boto3
+
+    from ontosearch.workflow.local import LocalWorkflow
+
+    caplog.set_level(logging.INFO)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("T cell\nhepatocytes\n\nB cells\n")
+    wrong = "WrongLambdaToken0123456789abcdefXY"
+    texts: dict[str, str] = {}
+    tokens: list[str] = [wrong]
+    for case, lambda_token in (("ok", None), ("wrong-token", wrong)):
+        flow_dir = tmp_path / case
+        with LocalWorkflow(workdir=flow_dir, chunk_size=2, lambda_token=lambda_token,
+                           progress=lambda m: print(f"workflow: {m}")) as flow:
+            flow.publish_snapshot(small_snapshot)
+            secrets = boto3.client("secretsmanager")
+            tokens += [secrets.get_secret_value(SecretId=arn)["SecretString"]
+                       for arn in (flow.read_secret_arn, flow.admin_secret_arn)]
+            run = flow.run({"input": flow.upload_input(labels), "ontology": "cl", "top_k": 2})
+            texts[f"{case}/result"] = json.dumps(run.result()) + json.dumps(run.events)
+        texts.update({f"{case}/{name}": text for name, text in _workflow_logs(flow_dir).items()})
+        assert run.status == ("SUCCEEDED" if lambda_token is None else "FAILED"), run.result()
+        if lambda_token is not None:
+            assert "401" in (run.cause or "") or "token" in (run.cause or "").lower(), run.cause
+    out, err = capfd.readouterr()
+    texts["stdout"], texts["stderr"], texts["logging"] = out, err, caplog.text
+    assert any("task-agent.log" in name for name in texts)
+    for name, text in texts.items():
+        for token in tokens:
             assert token.lower() not in text.lower(), f"a token appears in {name}"

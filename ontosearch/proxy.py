@@ -165,6 +165,7 @@ def nginx_executable() -> str:
 
 def _private_file(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with other permissions
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 

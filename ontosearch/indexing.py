@@ -9,9 +9,12 @@ Layout (the matcher and snapshot verification rely on it):
 * with `synonyms=True` (the default; the accuracy bench shows why) one more record per synonym,
   id `<term id>#s<n>`, embedding of the synonym. Synonyms whose normalised form equals the label's
   or an earlier synonym's are skipped: they would only duplicate a vector;
-* record metadata: `ontology`, `version`, `term_id`, `label`, `synonyms` (JSON list), `kind`
-  ("label"/"synonym"), `text` (what was embedded) and `norm` (`normalize(text)`), so exact
-  label/synonym hits are one `collection.get(where={"norm": {"$in": keys}})` call, which the
+* record metadata: `ontology`, `version`, `term_id`, `label`, `synonyms` (JSON list), `parents`
+  (JSON list of direct parents), `descendants` (how many terms lie below), `specific` (a
+  taxon-specific term), `kind` ("label"/"synonym"),
+  `text` (what was embedded), `norm` (`normalize(text)`) and `abbr`/`abbr_short` (the text's
+  initialisms, "" if none). Exact label/synonym hits are one
+  `collection.get(where={"norm": {"$in": keys}})` call and abbreviation hits one more, which the
   read-only proxy allows. No side files: a remote server and an embedded store answer the same.
 
 Documents hold the label and definition, for people browsing the collection; they are never
@@ -25,10 +28,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from ontosearch.normalize import normalize
+from ontosearch.normalize import initialisms, normalize
 from ontosearch.ontologies import Ontology, Term
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SYNONYM_ID_SEPARATOR = "#s"
 DEFAULT_BATCH_SIZE = 1024
 
@@ -67,11 +70,31 @@ def embedder_metadata(embedder: Any) -> dict[str, Any]:
     return out
 
 
-def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+def descendant_counts(ontology: Ontology) -> dict[str, int]:
+    """How many terms lie below each term (through parents): a proxy for how general it is."""
+    children: dict[str, list[str]] = {}
     for term in ontology.terms:
-        base = _term_metadata(ontology, term)
+        for parent in term.parents:
+            children.setdefault(parent, []).append(term.id)
+    counts: dict[str, int] = {}
+    for term in ontology.terms:
+        seen: set[str] = set()
+        stack = list(children.get(term.id, ()))
+        while stack:
+            child = stack.pop()
+            if child not in seen:
+                seen.add(child)
+                stack.extend(children.get(child, ()))
+        counts[term.id] = len(seen)
+    return counts
+
+
+def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    descendants = descendant_counts(ontology)
+    for term in ontology.terms:
+        base = {**_term_metadata(ontology, term), "descendants": descendants.get(term.id, 0)}
         label_norm = normalize(term.label)
-        label_meta = {**base, "kind": "label", "text": term.label, "norm": label_norm}
+        label_meta = {**base, "kind": "label", "text": term.label, "norm": label_norm, **_abbr(term.label)}
         yield term.id, term.label, label_meta, _document(term)
         if not synonyms:
             continue
@@ -84,7 +107,7 @@ def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dic
             yield (
                 f"{term.id}{SYNONYM_ID_SEPARATOR}{index}",
                 synonym,
-                {**base, "kind": "synonym", "text": synonym, "norm": norm},
+                {**base, "kind": "synonym", "text": synonym, "norm": norm, **_abbr(synonym)},
                 synonym,
             )
 
@@ -96,7 +119,14 @@ def _term_metadata(ontology: Ontology, term: Term) -> dict[str, Any]:
         "term_id": term.id,
         "label": term.label,
         "synonyms": json.dumps(list(term.synonyms), ensure_ascii=False),
+        "parents": json.dumps(list(term.parents)),
+        "specific": bool(term.taxon_specific),
     }
+
+
+def _abbr(text: str) -> dict[str, str]:
+    full, short = initialisms(text)
+    return {"abbr": full, "abbr_short": short}
 
 
 def _document(term: Term) -> str:

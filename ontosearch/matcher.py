@@ -1,11 +1,19 @@
 """Free-text labels in, ranked ontology terms out.
 
-Order of evidence, per label:
-1. exact hits: the label's normalised keys (`normalize.query_keys`) equal to a term's normalised
-   label or synonym (one `collection.get(where={"norm": {"$in": ...}})` per batch). A hit on a
-   label ranks before a hit on a synonym; several hits are ordered by vector similarity;
-2. vector similarity of the label's embedding to term labels and synonyms (one `query` call per
-   batch with many embeddings), each term kept once at its best-matching text.
+Order of evidence, per label (each term appears once, at its best evidence):
+1. exact hits (score 1.0): the label's normalised keys (`normalize.query_keys`) equal a term's
+   normalised label or synonym; one `collection.get(where={"norm": {"$in": ...}})` per batch.
+   Label hits rank before synonym hits, general terms before taxon-specific ones ("(Mmus)",
+   non-human animal diseases), then by vector similarity;
+2. abbreviation hits (score 0.9), only for labels without an exact hit that are a single short
+   token ("OPCs", "MAIT cells", "COPD"): the token equals the initialism of a term's label or
+   synonym. Ranked by how many of the term's names give that initialism, then similarity;
+3. vector similarity of the label's embedding to term labels and synonyms (one `query` call per
+   batch with many embeddings), scored by cosine similarity. When the query names a general
+   term, the nearest vectors are often its subtypes ("bipolar cells" -> "ON-bipolar cell"), so
+   a parent found among the candidates with nearly the same similarity is moved above its child.
+
+Scores never increase with rank (a vector hit ranked below an abbreviation hit is capped at 0.9).
 
 Everything needed is read from the collection itself, so this works the same on an embedded
 PersistentClient and on a remote HttpClient behind the read-token proxy (which allows only the
@@ -14,19 +22,35 @@ read calls used here: get, query, count, and listing collections).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ontosearch.normalize import embedding_text, query_keys
+from ontosearch.normalize import abbreviation_key, embedding_text, query_keys
 from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
 
 DEFAULT_BATCH_SIZE = 256
-# Vector candidates fetched per label: synonyms share terms, so ask for more than top_k records.
+EXACT_SCORE = 1.0
+ABBREVIATION_SCORE = 0.9
+# Among terms an initialism fits, one with subtypes is likelier meant; beyond a few it stops
+# mattering (else near-root classes would win every tie).
+ABBREVIATION_GENERALITY_CAP = 10
+# A taxon-specific term ranks as if this much less similar (a general term wins a near tie).
+SPECIFIC_PENALTY = 0.05
+# A parent moves above its child when its similarity is at most this much lower.
+PARENT_MARGIN = 0.05
+# Near ties go to the more general term: + weight * log(1 + number of terms below it).
+# Candidates within this margin of the best, among the first SIBLING_WINDOW, are near-tied
+# siblings; the parent of the best that two of them share is ranked first.
+SIBLING_MARGIN = 0.03
+SIBLING_WINDOW = 10
+# Vector candidates fetched per label: synonyms share terms and parents must be among the
+# candidates to be promoted, so ask for more records than top_k.
 _OVERFETCH = 4
-_EXTRA = 8
+_MIN_FETCH = 30
 
 
 class MatcherError(ValueError):
@@ -152,9 +176,16 @@ def _match_batch(
 ) -> list[list[Match]]:
     vectors = np.asarray(embedder.embed([embedding_text(label) for label in batch]), dtype=np.float32)
     keys = [query_keys(label, cell_suffix=cell_suffix) for label in batch] if exact else [[] for _ in batch]
-    hits = _exact_hits(coll, {key for per_label in keys for key in per_label})
+    hits = _hits(coll, "norm", {key for per_label in keys for key in per_label})
+    abbreviations: list[str | None] = [None] * len(batch)
+    if exact and int((coll.metadata or {}).get("layout", 1)) >= 2:
+        abbreviations = [
+            None if any(key in hits for key in per_label) else abbreviation_key(label)
+            for label, per_label in zip(batch, keys, strict=True)
+        ]
+    abbr_hits = _hits(coll, ("abbr", "abbr_short"), {key for key in abbreviations if key})
 
-    n_results = min(total, top_k * _OVERFETCH + _EXTRA)
+    n_results = min(total, max(top_k * _OVERFETCH, _MIN_FETCH))
     results: list[list[Match]] = [[] for _ in batch]
     todo = list(range(len(batch)))
     while todo:
@@ -162,10 +193,22 @@ def _match_batch(
             query_embeddings=vectors[todo], n_results=n_results, include=["metadatas", "distances"]
         )
         retry = []
-        for row, index in enumerate(todo):
-            ranked = _rank(
-                keys[index], hits, vectors[index], answer["metadatas"][row], answer["distances"][row]
-            )
+        candidates = {
+            index: _vector_candidates(answer["metadatas"][row], answer["distances"][row])
+            for row, index in enumerate(todo)
+        }
+        shared = {index: _shared_parent(found) for index, found in candidates.items()}
+        missing = {
+            parent for index, parent in shared.items()
+            if parent and parent not in {meta["term_id"] for meta, _ in candidates[index]}
+        }
+        parents = _fetch_terms(coll, missing)
+        for index in todo:
+            found = _promote_parents(candidates[index])
+            if shared[index]:
+                found = _put_first(found, shared[index], parents, vectors[index])
+            abbreviated = abbr_hits.get(abbreviations[index] or "", [])
+            ranked = _rank(keys[index], hits, abbreviated, vectors[index], found)
             if len(ranked) < top_k and n_results < total:
                 retry.append(index)
             results[index] = [
@@ -177,42 +220,175 @@ def _match_batch(
     return results
 
 
-def _exact_hits(coll: Any, keys: set[str]) -> dict[str, list[tuple[dict[str, Any], np.ndarray]]]:
+Hit = tuple[dict[str, Any], np.ndarray]
+
+
+def _hits(coll: Any, fields: str | tuple[str, ...], keys: set[str]) -> dict[str, list[Hit]]:
+    """Records whose metadata `fields` equal one of `keys`, grouped by the key they matched."""
     if not keys:
         return {}
+    fields = (fields,) if isinstance(fields, str) else fields
     ordered = sorted(keys)
-    where = {"norm": ordered[0]} if len(ordered) == 1 else {"norm": {"$in": ordered}}
+    value: Any = ordered[0] if len(ordered) == 1 else {"$in": ordered}
+    clauses = [{field: value} for field in fields]
+    where = clauses[0] if len(clauses) == 1 else {"$or": clauses}
     got = coll.get(where=where, include=["metadatas", "embeddings"])
-    hits: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {}
+    hits: dict[str, list[Hit]] = {}
     vectors = got["embeddings"] if got["embeddings"] is not None else []
     for meta, vector in zip(got["metadatas"] or [], vectors, strict=True):
-        hits.setdefault(meta["norm"], []).append((meta, np.asarray(vector, dtype=np.float32)))
+        record_vector = np.asarray(vector, dtype=np.float32)
+        for key in {meta.get(field) for field in fields} & keys:
+            hits.setdefault(key, []).append((meta, record_vector))
     return hits
+
+
+def _fetch_terms(coll: Any, term_ids: set[str]) -> dict[str, Hit]:
+    """Label records of `term_ids` (a label record's id is its term id)."""
+    if not term_ids:
+        return {}
+    got = coll.get(ids=sorted(term_ids), include=["metadatas", "embeddings"])
+    vectors = got["embeddings"] if got["embeddings"] is not None else []
+    return {
+        meta["term_id"]: (meta, np.asarray(vector, dtype=np.float32))
+        for meta, vector in zip(got["metadatas"] or [], vectors, strict=True)
+    }
 
 
 def _rank(
     keys: list[str],
-    hits: dict[str, list[tuple[dict[str, Any], np.ndarray]]],
+    hits: dict[str, list[Hit]],
+    abbr_hits: list[Hit],
     vector: np.ndarray,
-    metadatas: list[dict[str, Any]],
-    distances: list[float],
+    candidates: list[Candidate],
 ) -> list[tuple[str, str, float, str]]:
     """(term_id, term_label, score, matched_text), each term once, best first."""
     ranked: list[tuple[str, str, float, str]] = []
     seen: set[str] = set()
-    exact: list[tuple[int, int, float, dict[str, Any]]] = []
+
+    def take(meta: dict[str, Any], score: float) -> None:
+        if meta["term_id"] not in seen:
+            seen.add(meta["term_id"])
+            ranked.append((meta["term_id"], meta["label"], score, meta["text"]))
+
+    exact = []
     for priority, key in enumerate(keys):
         for meta, record_vector in hits.get(key, ()):
             similarity = float(np.dot(vector, record_vector))
-            exact.append((priority, 0 if meta["kind"] == "label" else 1, -similarity, meta))
-    for *_, meta in sorted(exact, key=lambda item: item[:3]):
-        if meta["term_id"] not in seen:
-            seen.add(meta["term_id"])
-            ranked.append((meta["term_id"], meta["label"], 1.0, meta["text"]))
-    for meta, distance in sorted(zip(metadatas, distances, strict=True), key=lambda item: item[1]):
-        if meta["term_id"] in seen:
-            continue
-        seen.add(meta["term_id"])
-        score = min(1.0, max(0.0, 1.0 - float(distance)))
-        ranked.append((meta["term_id"], meta["label"], score, meta["text"]))
-    return ranked
+            exact.append(((priority, bool(meta.get("specific")), meta["kind"] != "label", -similarity), meta))
+    for _, meta in sorted(exact, key=lambda item: item[0]):
+        take(meta, EXACT_SCORE)
+
+    by_term: dict[str, list[Hit]] = {}
+    for meta, record_vector in abbr_hits:
+        by_term.setdefault(meta["term_id"], []).append((meta, record_vector))
+    abbreviated = []
+    for records in by_term.values():
+        similarities = [float(np.dot(vector, record_vector)) for _, record_vector in records]
+        best = int(np.argmax(similarities))
+        meta = records[best][0]
+        via_label = any(record["kind"] == "label" for record, _ in records)
+        # Initialisms are ambiguous: an abbreviation of a term's own label, and of a broad,
+        # well-populated term, is the likelier reading ("RGC": retinal ganglion cell).
+        generality = min(int(meta.get("descendants", 0)), ABBREVIATION_GENERALITY_CAP)
+        rank_key = (
+            bool(meta.get("specific")), not via_label, -generality, -len(records), -similarities[best]
+        )
+        abbreviated.append((rank_key, meta))
+    for _, meta in sorted(abbreviated, key=lambda item: item[0]):
+        take(meta, ABBREVIATION_SCORE)
+
+    for meta, similarity in candidates:
+        take(meta, similarity)
+
+    # Scores never increase with rank.
+    capped = []
+    ceiling = 1.0
+    for term_id, label, score, text in ranked:
+        ceiling = min(ceiling, score)
+        capped.append((term_id, label, ceiling, text))
+    return capped
+
+
+Candidate = tuple[dict[str, Any], float]
+
+
+def _adjusted(candidate: Candidate) -> float:
+    """Similarity with the taxon prior: taxon-specific terms lose near ties to general ones."""
+    meta, similarity = candidate
+    return similarity - SPECIFIC_PENALTY * bool(meta.get("specific"))
+
+
+def _vector_candidates(metadatas: list[dict[str, Any]], distances: list[float]) -> list[Candidate]:
+    """Each term once at its best record, best adjusted similarity first."""
+    best: dict[str, Candidate] = {}
+    for meta, distance in zip(metadatas, distances, strict=True):
+        similarity = min(1.0, max(0.0, 1.0 - float(distance)))
+        if meta["term_id"] not in best or similarity > best[meta["term_id"]][1]:
+            best[meta["term_id"]] = (meta, similarity)
+    return sorted(best.values(), key=_adjusted, reverse=True)
+
+
+def _shared_parent(candidates: list[Candidate]) -> str | None:
+    """The parent of the top candidate that several near-tied candidates share, if any.
+
+    A query that fits several sibling subtypes equally well ("pre-B cells": pre-B-I, pre-B-II)
+    names their parent.
+    """
+    if len(candidates) < 2:
+        return None
+    ceiling = _adjusted(candidates[0])
+    near = [c for c in candidates[:SIBLING_WINDOW] if _adjusted(c) >= ceiling - SIBLING_MARGIN]
+    if len(near) < 2:
+        return None
+    counts: dict[str, int] = {}
+    for meta, _ in near:
+        for parent in json.loads(meta.get("parents") or "[]"):
+            counts[parent] = counts.get(parent, 0) + 1
+    top_parents = json.loads(candidates[0][0].get("parents") or "[]")
+    shared = [parent for parent in top_parents if counts.get(parent, 0) >= 2]
+    return max(shared, key=lambda parent: counts[parent]) if shared else None
+
+
+def _put_first(
+    candidates: list[Candidate], term_id: str, fetched: dict[str, Hit], vector: np.ndarray
+) -> list[Candidate]:
+    rest = [c for c in candidates if c[0]["term_id"] != term_id]
+    present = [c for c in candidates if c[0]["term_id"] == term_id]
+    if present:
+        return present + rest
+    if term_id in fetched:
+        meta, record_vector = fetched[term_id]
+        return [(meta, min(1.0, max(0.0, float(np.dot(vector, record_vector)))))] + rest
+    return candidates
+
+
+def _promote_parents(candidates: list[Candidate]) -> list[Candidate]:
+    """Move the top candidate's parent (or grandparent, via candidates) first when nearly as similar."""
+    if not candidates:
+        return candidates
+    parents = {meta["term_id"]: set(json.loads(meta.get("parents") or "[]")) for meta, _ in candidates}
+    order = list(candidates)
+    moved: set[str] = set()
+    top_similarity = order[0][1]
+    while True:
+        top_meta = order[0][0]
+        ancestors = _ancestors_among(top_meta["term_id"], parents)
+        better = [
+            (index, item) for index, item in enumerate(order[1:], start=1)
+            if item[0]["term_id"] in ancestors and item[0]["term_id"] not in moved
+            and item[1] >= top_similarity - PARENT_MARGIN
+        ]
+        if not better:
+            return order
+        index, item = max(better, key=lambda pair: pair[1][1])
+        moved.add(item[0]["term_id"])
+        order.insert(0, order.pop(index))
+
+
+def _ancestors_among(term_id: str, parents: dict[str, set[str]]) -> set[str]:
+    found: set[str] = set()
+    frontier = set(parents.get(term_id, ()))
+    while frontier:
+        found |= frontier
+        frontier = {grand for parent in frontier for grand in parents.get(parent, ())} - found
+    return found & set(parents)

@@ -126,3 +126,45 @@ def embedding_text(text: str) -> str:
     if inverted and not re.search(r"(?i)positive|negative|\+", text):
         text = inverted
     return expand_markers(text)
+
+
+# Words an initialism skips ("head and neck squamous cell carcinoma" -> HNSCC).
+_SKIP_IN_INITIALISM = {"of", "the", "and", "in", "to", "for", "with", "by", "a", "an", "or"}
+INITIALISM_MIN, INITIALISM_MAX = 2, 8
+
+
+def initialisms(text: str) -> tuple[str, str]:
+    """The initialism of a multi-word name, and the same without a final "cell": ("opc", "op").
+
+    Scientists abbreviate names by their initials ("OPC", "HSC", "COPD", "DLBCL"), and some
+    abbreviations leave out "cell" ("MAIT cells", "RPE cells"). Numbers are kept whole ("T2D").
+    Empty strings when the name has a single word or the initialism is implausibly short/long.
+    """
+    words = _NON_WORD.sub(" ", _ascii(text).lower()).split()
+    words = [word for word in words if word not in _SKIP_IN_INITIALISM]
+    if len(words) < 2:
+        return "", ""
+    letters = [word if word.isdigit() else word[0] for word in words]
+    full = "".join(letters)
+    short = "".join(letters[:-1]) if words[-1] in {"cell", "cells"} and len(words) > 2 else ""
+
+    def plausible(value: str) -> str:
+        return value if INITIALISM_MIN <= len(value) <= INITIALISM_MAX else ""
+
+    return plausible(full), plausible(short)
+
+
+def abbreviation_key(text: str) -> str | None:
+    """The abbreviation a user label may be ("OPCs" -> "opc", "MAIT cells" -> "mait"), or None.
+
+    Only a single short token (after dropping plurals and a trailing "cell") counts.
+    """
+    words = normalize(text).split()
+    if len(words) == 2 and words[-1] == "cell":
+        words = words[:1]
+    if len(words) != 1:
+        return None
+    token = words[0]
+    if not (INITIALISM_MIN <= len(token) <= 6) or not any(ch.isalpha() for ch in token):
+        return None
+    return token

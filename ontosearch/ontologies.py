@@ -31,6 +31,15 @@ from ontosearch.constants import ONTOLOGIES, ONTOLOGY_ALIASES
 # ontology name -> (id prefix, file prefix in cellxgene-ontology-guide)
 _PREFIXES = {"cl": "CL", "uberon": "UBERON", "mondo": "MONDO"}
 _FILE_SUFFIX = ".json.zst"
+# "(Mmus)", "(Homo sapiens)", "(sensu Vertebrata)" at the end of a label; not "(generic)".
+_TAXON_QUALIFIER = re.compile(r"\((?:sensu [^)]+|[A-Z][a-z]+(?: [a-z]+)?)\)\s*$")
+# MONDO's root of diseases of animals other than humans.
+NON_HUMAN_ANIMAL_DISEASE = "MONDO:0005583"
+
+
+def is_taxon_specific(label: str, ancestors: object = ()) -> bool:
+    """A term for one taxon (by its label's qualifier, or below MONDO's non-human animal disease)."""
+    return bool(_TAXON_QUALIFIER.search(label)) or NON_HUMAN_ANIMAL_DISEASE in ancestors
 
 
 class OntologyError(ValueError):
@@ -43,6 +52,12 @@ class Term:
     label: str
     synonyms: tuple[str, ...] = ()
     definition: str | None = None
+    # Direct is_a parents within the ontology's own prefix: the matcher prefers a general term
+    # over its subtypes when the query names the general one ("bipolar cells").
+    parents: tuple[str, ...] = ()
+    # A term for one taxon only ("... (Mmus)", a MONDO non-human animal disease): ranked after
+    # the general term when both fit equally well.
+    taxon_specific: bool = False
 
 
 @dataclass
@@ -140,12 +155,15 @@ def _load_packaged(name: str, version: str | None) -> Ontology:
         label = (entry.get("label") or "").strip()
         if not label:
             continue
+        ancestors = entry.get("ancestors") or {}
         terms.append(
             Term(
                 id=term_id,
                 label=label,
                 synonyms=_clean_synonyms(label, entry.get("synonyms") or ()),
                 definition=(entry.get("description") or None),
+                parents=tuple(sorted(a for a, hops in ancestors.items() if hops == 1 and a.startswith(own))),
+                taxon_specific=is_taxon_specific(label, ancestors),
             )
         )
     terms.sort(key=lambda term: term.id)
@@ -197,7 +215,15 @@ def _load_obo(name: str, path: Path, version: str | None) -> Ontology:
             continue
         synonyms = sorted(synonym.description for synonym in term.synonyms)
         definition = str(term.definition) if term.definition else None
-        terms.append(Term(term.id, label, _clean_synonyms(label, synonyms), definition))
+        direct = term.superclasses(distance=1, with_self=False)
+        parents = tuple(sorted(parent.id for parent in direct if parent.id.startswith(own)))
+        ancestors: object = ()
+        if name == "mondo":
+            ancestors = {parent.id for parent in term.superclasses(with_self=False)}
+        terms.append(
+            Term(term.id, label, _clean_synonyms(label, synonyms), definition, parents,
+                 is_taxon_specific(label, ancestors))
+        )
     if not terms:
         raise OntologyError(f"{path} holds no live {own} terms; is it the {name} ontology?")
     terms.sort(key=lambda term: term.id)

@@ -1,0 +1,249 @@
+"""Matching accuracy on the held-out sets in bench/data/ (top-1 and top-5 per ontology and set).
+
+    python bench/accuracy.py                      # all three ontologies, both sets, all modes
+    python bench/accuracy.py --ontologies cl --json bench/results/accuracy.json --failures
+
+Two sets per ontology: `realworld_<ontology>.tsv` (labels as scientists write them, assembled by
+hand) and `variants_<ontology>.tsv` (systematic rewrites of ontology labels, bench/variants.py).
+Four modes answer "what does each part of the matcher buy":
+
+    vector/labels     embeddings of term labels only, nearest neighbour (the plain baseline)
+    vector/synonyms   + one vector per synonym, each term once
+    matcher/labels    normalised exact hits on labels first, then label vectors
+    matcher/synonyms  exact hits on labels and synonyms, then label and synonym vectors (shipped)
+
+Both collections of an ontology are real Chroma collections built by `index_ontology` in a
+temporary persist directory (or `--persist DIR` to keep and reuse them). Embeddings are cached per
+embedder and text under the ontosearch cache directory, so a rerun does not re-embed 140K texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ontosearch.indexing import collection_name, index_ontology  # noqa: E402
+from ontosearch.matcher import match  # noqa: E402
+from ontosearch.ontologies import Ontology, load_ontology  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SETS = ("realworld", "variants")
+MODES = ("vector/labels", "vector/synonyms", "matcher/labels", "matcher/synonyms")
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    expected: frozenset[str]
+    rule: str = ""
+
+
+def read_set(name: str, ontology: str, data_dir: Path = DATA_DIR) -> list[Case]:
+    """Rows of bench/data/<name>_<ontology>.tsv (comment lines start with '#', then a header)."""
+    path = data_dir / f"{name}_{ontology}.tsv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = [line for line in lines if line and not line.startswith("#")]
+    header = rows[0].split("\t")
+    cases = []
+    for line in rows[1:]:
+        fields = dict(zip(header, line.split("\t"), strict=True))
+        cases.append(Case(fields["label"], frozenset(fields["expected"].split("|")), fields.get("rule", "")))
+    return cases
+
+
+class CachedEmbedder:
+    """Wraps an embedder; remembers every text's vector in an .npz file so reruns skip the model.
+
+    Same name and spec as the wrapped embedder: the collections it builds are ordinary collections
+    of that embedder (the vectors are the very ones the model produced).
+    """
+
+    def __init__(self, inner: Any, path: Path) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dimensions = inner.dimensions
+        self.path = path
+        self.vectors: dict[str, np.ndarray] = self._read()
+        self.dirty = False
+
+    def _read(self) -> dict[str, np.ndarray]:
+        if not self.path.exists():
+            return {}
+        with np.load(self.path, allow_pickle=False) as data:
+            return dict(zip(data["texts"].tolist(), data["vectors"], strict=True))
+
+    def spec(self) -> dict[str, Any]:
+        return self.inner.spec()
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        missing = list(dict.fromkeys(text for text in texts if text not in self.vectors))
+        if missing:
+            for text, vector in zip(missing, self.inner.embed(missing, progress=progress), strict=True):
+                self.vectors[text] = vector
+            self.dirty = True
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        return np.stack([self.vectors[text] for text in texts]).astype(np.float32)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Another run may have saved meanwhile: keep its vectors too.
+        self.vectors = {**self._read(), **self.vectors}
+        texts = list(self.vectors)
+        tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, texts=np.array(texts), vectors=np.stack([self.vectors[t] for t in texts]))
+        tmp.replace(self.path)
+        self.dirty = False
+
+
+def score(results: list[list[Any]], cases: list[Case]) -> dict[str, Any]:
+    top1 = sum(
+        1 for found, case in zip(results, cases, strict=True) if found and found[0].term_id in case.expected
+    )
+    top5 = sum(
+        1 for found, case in zip(results, cases, strict=True)
+        if any(m.term_id in case.expected for m in found[:TOP_K])
+    )
+    n = len(cases)
+    return {"n": n, "top1": top1 / n if n else 0.0, "top5": top5 / n if n else 0.0}
+
+
+def failures(results: list[list[Any]], cases: list[Case]) -> list[dict[str, Any]]:
+    out = []
+    for found, case in zip(results, cases, strict=True):
+        if not found or found[0].term_id not in case.expected:
+            out.append({
+                "label": case.label,
+                "expected": sorted(case.expected),
+                "got": [(m.term_id, m.term_label, round(m.score, 3)) for m in found[:3]],
+            })
+    return out
+
+
+def build(client: Any, ontology: Ontology, embedder: Any, reuse: bool) -> dict[str, str]:
+    names = {}
+    existing = {getattr(c, "name", c) for c in client.list_collections()}
+    for synonyms, suffix in ((True, "syn"), (False, "lab")):
+        name = f"{collection_name(ontology.name, ontology.version)}_{suffix}"
+        if not (reuse and name in existing):
+            started = time.perf_counter()
+            info = index_ontology(client, ontology, embedder, progress=True, synonyms=synonyms, name=name)
+            print(f"  built {name}: {info['records']} records in {time.perf_counter() - started:.0f} s",
+                  file=sys.stderr)
+        names["synonyms" if synonyms else "labels"] = name
+    return names
+
+
+def run(
+    ontologies: Sequence[str], sets: Sequence[str], modes: Sequence[str], persist: Path, embedder: Any,
+    limit: int | None = None, data_dir: Path = DATA_DIR,
+) -> dict[str, Any]:
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(persist))
+    rows = []
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for name in ontologies:
+        ontology = load_ontology(name)
+        print(f"{name} {ontology.version}: {len(ontology.terms)} terms", file=sys.stderr)
+        collections = build(client, ontology, embedder, reuse=True)
+        if isinstance(embedder, CachedEmbedder):
+            embedder.save()
+        for set_name in sets:
+            cases = read_set(set_name, name, data_dir)[:limit]
+            for mode in modes:
+                kind, vectors = mode.split("/")
+                started = time.perf_counter()
+                results = match(
+                    [case.label for case in cases], name, top_k=TOP_K, client=client, embedder=embedder,
+                    collection=collections[vectors], exact=(kind == "matcher"),
+                )
+                elapsed = time.perf_counter() - started
+                row = {"ontology": name, "version": ontology.version, "set": set_name, "mode": mode,
+                       **score(results, cases), "seconds": round(elapsed, 2)}
+                rows.append(row)
+                failed[f"{name}/{set_name}/{mode}"] = failures(results, cases)
+        if isinstance(embedder, CachedEmbedder):
+            embedder.save()
+    return {"embedder": embedder.spec(), "top_k": TOP_K, "rows": rows, "failures": failed}
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        "| ontology | set | n | mode | top-1 | top-5 |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['ontology']} | {row['set']} | {row['n']} | {row['mode']} "
+            f"| {row['top1']:.3f} | {row['top5']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ontologies", default="cl,uberon,mondo", help="comma-separated (default: all)")
+    parser.add_argument("--sets", default=",".join(SETS), help="realworld,variants")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {', '.join(MODES)}")
+    parser.add_argument("--embedder", default=None, help="embedder name (default: the project default)")
+    parser.add_argument("--persist", type=Path, default=None, help="keep the collections in this directory")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N labels of each set")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report (with failures) here")
+    parser.add_argument("--failures", action="store_true", help="print the shipped mode's misses")
+    args = parser.parse_args(argv)
+
+    from ontosearch.embedders import cache_dir, get_embedder
+
+    ontologies = [name.strip() for name in args.ontologies.split(",") if name.strip()]
+    sets = [name.strip() for name in args.sets.split(",") if name.strip()]
+    modes = [name.strip() for name in args.modes.split(",") if name.strip()]
+    unknown = [mode for mode in modes if mode not in MODES] + [s for s in sets if s not in SETS]
+    if unknown:
+        parser.error(
+            f"unknown mode/set {', '.join(unknown)}; modes: {', '.join(MODES)}; sets: {', '.join(SETS)}"
+        )
+    embedder: Any = get_embedder(args.embedder)
+    if not args.no_cache:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in embedder.name)
+        embedder = CachedEmbedder(embedder, cache_dir() / "bench" / f"embeddings-{safe}.npz")
+
+    started = time.perf_counter()
+    if args.persist is not None:
+        report = run(ontologies, sets, modes, args.persist, embedder, args.limit)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ontosearch-accuracy-") as tmp:
+            report = run(ontologies, sets, modes, Path(tmp), embedder, args.limit)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(table(report))
+    if args.failures:
+        for key, misses in report["failures"].items():
+            if key.endswith("matcher/synonyms") and misses:
+                print(f"\n{key}: {len(misses)} misses")
+                for miss in misses:
+                    print(f"  {miss['label']!r}: expected {miss['expected']}, got {miss['got']}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Label normalisation: the keys that make exact hits independent of how a label is written."""
+
+from __future__ import annotations
+
+import pytest
+
+from ontosearch.normalize import (
+    abbreviation_key,
+    embedding_text,
+    expand_markers,
+    initialisms,
+    normalize,
+    query_keys,
+    uninvert,
+)
+
+
+@pytest.mark.parametrize(
+    ("user", "ontology"),
+    [
+        ("CD4+ T cells", "CD4-positive T cell"),
+        ("T-cells", "T cell"),
+        ("  B   CELLS ", "B cell"),
+        ("Crohn's disease", "Crohn disease"),
+        ("type II pneumocytes", "type 2 pneumocyte"),
+        ("γδ T cells", "gamma-delta T cell"),
+        ("CD14+, CD16- monocytes", "CD14-positive, CD16-negative monocyte"),
+        ("lymph nodes", "lymph node"),
+        ("adipocytes", "adipocyte"),
+        ("cardiomyopathies", "cardiomyopathy"),
+    ],
+)
+def test_user_spelling_and_ontology_spelling_share_a_key(user: str, ontology: str) -> None:
+    assert normalize(user) == normalize(ontology)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("hepatocyte", "hepatocytes cell"), ("thigh", "thy"), ("yellow", "yel"),
+     ("CD4-positive", "CD4-negative")],
+)
+def test_different_names_keep_different_keys(first: str, second: str) -> None:
+    assert normalize(first) != normalize(second)
+
+
+def test_words_ending_in_s_that_are_not_plurals_are_kept() -> None:
+    assert normalize("diabetes mellitus") == "diabete mellitus"  # same rule on both sides
+    assert normalize("psoriasis") == "psoriasis"
+    assert normalize("glomerulus") == "glomerulus"
+
+
+def test_marker_signs_are_spelt_out_but_plain_words_are_untouched() -> None:
+    assert expand_markers("CD4+CD25+ Tregs") == "CD4-positive CD25-positive Tregs"
+    assert expand_markers("CD8- T cell") == "CD8-negative T cell"
+    assert expand_markers("yellow thigh high") == "yellow thigh high"
+    assert expand_markers("T-cell") == "T-cell"
+
+
+def test_comma_inversion_is_undone() -> None:
+    assert uninvert("carcinoma, hepatocellular") == "hepatocellular carcinoma"
+    assert uninvert("no comma") is None
+    assert uninvert("a, b, c") is None
+    assert "hepatocellular carcinoma" in query_keys("Carcinoma, Hepatocellular")
+    assert embedding_text("carcinoma, hepatocellular") == "hepatocellular carcinoma"
+    # a comma between markers is CL's own wording, not an inversion
+    assert embedding_text("CD4+, alpha-beta T cell") == "CD4-positive, alpha-beta T cell"
+
+
+def test_cell_suffix_is_tried_only_for_cell_types() -> None:
+    assert query_keys("hepatocyte cells") == ["hepatocyte cell"]
+    assert query_keys("hepatocyte cells", cell_suffix=True) == ["hepatocyte cell", "hepatocyte"]
+    assert "schwann cell" in query_keys("Schwann", cell_suffix=True)
+    assert "b" not in query_keys("B cells", cell_suffix=True)  # a one-letter key would be noise
+
+
+def test_initialisms_of_names() -> None:
+    assert initialisms("oligodendrocyte precursor cell") == ("opc", "op")
+    assert initialisms("mucosal-associated invariant T cell") == ("maitc", "mait")
+    assert initialisms("head and neck squamous cell carcinoma") == ("hnscc", "")
+    assert initialisms("type 2 diabetes") == ("t2d", "")
+    assert initialisms("liver") == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("label", "key"),
+    [("OPCs", "opc"), ("MAIT cells", "mait"), ("COPD", "copd"), ("T2D", "t2d"), ("B cells", None),
+     ("lung adenocarcinoma", None), ("X", None)],
+)
+def test_abbreviation_key_only_for_single_short_tokens(label: str, key: str | None) -> None:
+    assert abbreviation_key(label) == key

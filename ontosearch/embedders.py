@@ -4,15 +4,17 @@ A snapshot records its embedder's `spec()`; a query embeds with the embedder of 
 both sides come from the same model, pooling and normalisation. Every embedder:
 
 - returns float32, L2-normalised rows, so cosine similarity is a dot product;
-- embeds each distinct text once (annotation inputs repeat a lot) and maps results back to input order;
-- sorts texts by length before batching, so a batch pads to similar lengths (the largest win on short
-  labels);
+- embeds each distinct text once per call, and remembers recent vectors across calls (annotation input
+  repeats itself, also across the chunks a large file is read in);
+- tokenizes everything first and batches texts of equal token length together, so batches carry no
+  padding (the largest single win on short labels);
 - never downloads: models come from a package (MiniLM), a local Hugging Face cache or a local directory.
 
 The default model (all-MiniLM-L6-v2) has two backends that give the same vectors: torch, and an ONNX
-export of the same weights run by onnxruntime (about twice as fast on 2 cores). The ONNX file is exported
-at first use into a per-user cache directory, checked against torch on a probe set, and used only when
-it agrees to within `ONNX_MAX_COSINE_GAP`; otherwise torch is used and a warning says why.
+export of the same weights run by onnxruntime (faster on a few CPU cores). The ONNX file is exported at
+first use into a per-user cache directory and checked against torch on probe texts; it is used only when
+it agrees to within `ONNX_MAX_COSINE_GAP` (so it may share the embedder's name), otherwise torch is used
+and a warning says why. `ONTOSEARCH_EMBEDDER_BACKEND=torch|onnx` forces one.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 POOLINGS = ("mean", "cls")
-DEFAULT_BATCH_SIZE = 64
+# Texts per forward pass, and padded tokens per pass for long texts.
+DEFAULT_BATCH_SIZE = 128
+TOKEN_BUDGET = 8192
 # Show a progress bar only when a run is long enough for one to help.
 PROGRESS_MIN_TEXTS = 2000
+# Vectors remembered across calls, per embedder.
+CACHE_BYTES = 64 << 20
 # A fast backend may stand in for torch under the same embedder name only if its vectors agree this well.
 ONNX_MAX_COSINE_GAP = 1e-3
 ENV_BACKEND = "ONTOSEARCH_EMBEDDER_BACKEND"  # "auto" (default), "torch" or "onnx"
 ENV_CACHE_DIR = "ONTOSEARCH_CACHE_DIR"
+PROBE_TEXTS = (
+    "CD4-positive, alpha-beta T cell",
+    "hepatocytes",
+    "lung adenocarcinoma",
+    "left ventricle of heart",
+    "Tregs",
+    "type II pneumocyte of the alveolus in the adult human lung, as seen in single-cell data",
+    "x",
+    "Crohn's disease",
+)
 
 
 class EmbedderError(RuntimeError):
@@ -53,7 +71,7 @@ class EmbedderError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Per-user cache root for derived model files (ONNX exports); overridable for tests and containers."""
+    """Per-user cache root for derived files (ONNX exports, local snapshots); overridable by env."""
     root = os.environ.get(ENV_CACHE_DIR)
     if root:
         return Path(root).expanduser()
@@ -61,17 +79,32 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ontosearch"
 
 
-class Embedder(ABC):
-    """Base class: deduplication, length-sorted batching, progress and normalisation live here.
+def cpu_count() -> int:
+    """Cores this process may use (a container's CPU set, not the host's)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
 
-    Subclasses implement only `_embed_batch`, which returns raw pooled vectors for a list of texts.
+
+class Embedder(ABC):
+    """Base class: input checks, deduplication, the cross-call cache and normalisation live here.
+
+    Subclasses implement `_embed_unique`, which embeds distinct texts (raw pooled vectors).
     """
 
     name: str
     dimensions: int
     pooling: str
     normalize: bool = True
-    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __init__(self) -> None:
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    @property
+    def cache_size(self) -> int:
+        return max(0, CACHE_BYTES // (4 * max(1, self.dimensions)))
 
     def spec(self) -> dict[str, Any]:
         """What a snapshot manifest records, and what a query compares before searching."""
@@ -82,14 +115,17 @@ class Embedder(ABC):
             "normalize": self.normalize,
         }
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.dimensions}-d, {self.pooling} pooling)"
+
     @abstractmethod
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        """Pooled, not yet normalised vectors, shape (len(texts), dimensions)."""
+    def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
+        """Pooled, not yet normalised float32 vectors for distinct texts; advances `bar` if given."""
 
     def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """Embed texts; returns float32 (len(texts), dimensions) with unit-length rows.
+        """Embed texts; returns float32 (len(texts), dimensions) with unit-length rows, in input order.
 
-        `progress` shows a tqdm bar on stderr when there are many distinct texts.
+        `progress` shows a tqdm bar on stderr when there are many texts to embed.
         """
         if isinstance(texts, str):
             raise TypeError("embed() takes a sequence of texts, not a single string; wrap it in a list")
@@ -97,39 +133,60 @@ class Embedder(ABC):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"embed(): item {i} is {type(text).__name__}, expected str")
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         if not texts:
-            return np.zeros((0, self.dimensions), dtype=np.float32)
+            return out
 
         index: dict[str, int] = {}
         inverse = np.fromiter(
             (index.setdefault(t, len(index)) for t in texts), dtype=np.int64, count=len(texts)
         )
         unique = list(index)
-        # Longest first: similar lengths share a batch, and the slowest batch shows up early in the bar.
-        order = sorted(range(len(unique)), key=lambda i: len(unique[i]), reverse=True)
         vectors = np.empty((len(unique), self.dimensions), dtype=np.float32)
+        todo: list[int] = []
+        with self._cache_lock:
+            for i, text in enumerate(unique):
+                hit = self._cache.get(text)
+                if hit is None:
+                    todo.append(i)
+                else:
+                    self._cache.move_to_end(text)
+                    vectors[i] = hit
 
-        bar = None
-        if progress and len(unique) >= PROGRESS_MIN_TEXTS:
-            from tqdm import tqdm
+        if todo:
+            bar = None
+            if progress and len(todo) >= PROGRESS_MIN_TEXTS:
+                from tqdm import tqdm
 
-            bar = tqdm(total=len(unique), desc=f"embedding ({self.name})", unit="text", file=sys.stderr)
-        try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self._embed_batch([unique[i] for i in idx])
-                vectors[idx] = batch
+                bar = tqdm(total=len(todo), desc=f"embedding ({self.name})", unit="text", file=sys.stderr)
+            try:
+                fresh = np.asarray(self._embed_unique([unique[i] for i in todo], bar), dtype=np.float32)
+            finally:
                 if bar is not None:
-                    bar.update(len(idx))
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
+            if self.normalize:
+                norms = np.linalg.norm(fresh, axis=1, keepdims=True)
+                np.maximum(norms, 1e-12, out=norms)
+                fresh /= norms
+            vectors[todo] = fresh
+            self._remember([unique[i] for i in todo], fresh)
+        out[:] = vectors[inverse]
+        return out
 
-        if self.normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            np.maximum(norms, 1e-12, out=norms)
-            vectors /= norms
-        return vectors[inverse]
+    def _remember(self, texts: list[str], vectors: np.ndarray) -> None:
+        limit = self.cache_size
+        if limit == 0:
+            return
+        with self._cache_lock:
+            # Only the newest `limit` are kept; a huge indexing run does not churn through copies.
+            for text, vector in zip(texts[-limit:], vectors[-limit:], strict=True):
+                self._cache[text] = vector.copy()
+            while len(self._cache) > limit:
+                self._cache.popitem(last=False)
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
 
 
 def _pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
@@ -140,67 +197,243 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
 
 
-class _Tokenizer:
-    """Fast (Rust) tokenizer from a model directory, padding each batch to its own longest text."""
+class TransformerEmbedder(Embedder):
+    """A BERT-style encoder: tokenize all texts, run equal-length batches, pool.
 
-    def __init__(self, model_dir: Path, max_length: int) -> None:
-        from transformers import AutoTokenizer
-
-        self.max_length = max_length
-        try:
-            self._tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-            raise EmbedderError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self._tok(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="np",
-            return_token_type_ids=True,
-        )
-        return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
-
-
-class TorchEmbedder(Embedder):
-    """A Hugging Face encoder run by torch on CPU, with mean or CLS pooling."""
+    Subclasses supply `_forward(input_ids, attention_mask, token_type_ids) -> last hidden state`.
+    """
 
     def __init__(
         self,
         name: str,
         model_dir: str | Path,
         pooling: str,
+        dimensions: int,
         max_length: int = 128,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
+        super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        import torch
-        from transformers import AutoModel
-
         self.name = name
         self.pooling = pooling
+        self.dimensions = dimensions
+        self.max_length = max_length
         self.batch_size = batch_size
         self.model_dir = Path(model_dir)
-        self.tokenizer = _Tokenizer(self.model_dir, max_length)
-        try:
-            self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-            raise EmbedderError(f"cannot load model weights from {self.model_dir}: {exc}") from exc
-        self.model.eval()
-        self.dimensions = int(self.model.config.hidden_size)
-        self._torch = torch
-        self._lock = threading.Lock()
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+    @abstractmethod
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+                 ) -> np.ndarray:
+        """Last hidden state, float32 (batch, tokens, hidden)."""
+
+    def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        start = 0
+        while start < len(order):
+            # Texts of one length (or close to it) per batch: little or no padding to compute on.
+            longest = int(lengths[order[min(len(order), start + self.batch_size) - 1]])
+            size = max(1, min(self.batch_size, TOKEN_BUDGET // max(1, longest)))
+            idx = order[start:start + size]
+            width = int(lengths[idx[-1]])
+            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                n = int(lengths[i])
+                ids[row, :n] = encoded[i]
+                mask[row, :n] = 1
+            hidden = self._forward(ids, mask, np.zeros_like(ids))
+            out[idx] = _pool(hidden, mask, self.pooling)
+            if bar is not None:
+                bar.update(len(idx))
+            start += len(idx)
+        return out
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The fast (Rust) tokenizer stored with a model."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
+        raise EmbedderError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
+
+
+def _load_torch_model(model_dir: Path) -> Any:
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
+        raise EmbedderError(f"cannot load model weights from {model_dir}: {exc}") from exc
+    model.eval()
+    return model
+
+
+class TorchEmbedder(TransformerEmbedder):
+    """A Hugging Face encoder run by torch on CPU."""
+
+    backend = "torch"
+
+    def __init__(self, name: str, model_dir: str | Path, pooling: str, max_length: int = 128,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = _load_torch_model(Path(model_dir))
+        self._lock = threading.Lock()
+        super().__init__(name, model_dir, pooling, int(self.model.config.hidden_size), max_length, batch_size)
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+                 ) -> np.ndarray:
         torch = self._torch
-        enc = self.tokenizer(texts)
-        inputs = {k: torch.from_numpy(v) for k, v in enc.items()}
         with self._lock, torch.inference_mode():
-            hidden = self.model(**inputs).last_hidden_state.float().numpy()
-        return _pool(hidden, enc["attention_mask"], self.pooling)
+            out = self.model(
+                input_ids=torch.from_numpy(input_ids),
+                attention_mask=torch.from_numpy(attention_mask),
+                token_type_ids=torch.from_numpy(token_type_ids),
+            )
+            return out.last_hidden_state.float().numpy()
+
+
+class OnnxEmbedder(TransformerEmbedder):
+    """The same encoder exported to ONNX and run by onnxruntime with one thread per core."""
+
+    backend = "onnx"
+
+    def __init__(self, name: str, model_dir: str | Path, onnx_path: str | Path, pooling: str,
+                 dimensions: int, max_length: int = 128, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cpu_count()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.onnx_path = Path(onnx_path)
+        self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        super().__init__(name, model_dir, pooling, dimensions, max_length, batch_size)
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+                 ) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
+
+
+def _weights_file(model_dir: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_dir / name).is_file():
+            return model_dir / name
+    raise EmbedderError(f"no model.safetensors or pytorch_model.bin in {model_dir}")
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file; names derived caches so a changed model never reuses a stale export."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _writable_cache() -> Path:
+    root = cache_dir() / "onnx"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    except OSError:
+        # Read-only home (e.g. a Lambda): the temp dir is the only writable place.
+        fallback = Path(tempfile.gettempdir()) / "ontosearch-cache" / "onnx"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def export_onnx(model_dir: Path, target: Path) -> None:
+    """Export an encoder's last hidden state to ONNX (dynamic batch and sequence axes), atomically."""
+    import torch
+
+    model = _load_torch_model(model_dir)
+
+    class _Encoder(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    sample = torch.ones((2, 8), dtype=torch.long)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        import warnings
+
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Encoder(model), (sample, sample, torch.zeros_like(sample)), tmp,
+                input_names=names, output_names=["last_hidden_state"],
+                dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
+                opset_version=17, dynamo=False,
+            )
+        os.chmod(tmp, 0o644)  # a shared cache (an image layer) is read by other users
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def onnx_embedder(name: str, model_dir: Path, pooling: str, max_length: int) -> OnnxEmbedder:
+    """The ONNX backend for a model, exporting and verifying it against torch on first use."""
+    import onnxruntime
+
+    weights = _weights_file(model_dir)
+    key = hashlib.sha256(
+        f"{file_digest(weights)}|{pooling}|ort{onnxruntime.__version__}".encode()
+    ).hexdigest()[:16]
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    root = _writable_cache()
+    path = root / f"{slug}-{key}.onnx"
+    verdict = root / f"{slug}-{key}.json"
+
+    if path.is_file() and verdict.is_file():
+        check = json.loads(verdict.read_text())
+        if check.get("max_cosine_gap", 1.0) > ONNX_MAX_COSINE_GAP:
+            raise EmbedderError(
+                f"the ONNX export of {name} differs from torch by {check['max_cosine_gap']:.2e} cosine"
+            )
+        config = json.loads((model_dir / "config.json").read_text())
+        return OnnxEmbedder(name, model_dir, path, pooling, int(config["hidden_size"]), max_length)
+
+    print(f"ontosearch: exporting {name} to ONNX for faster embedding (once) -> {path}", file=sys.stderr)
+    export_onnx(model_dir, path)
+    reference = TorchEmbedder(name, model_dir, pooling, max_length)
+    fast = OnnxEmbedder(name, model_dir, path, pooling, reference.dimensions, max_length)
+    probes = list(PROBE_TEXTS)
+    gap = float(1.0 - np.min(np.sum(reference.embed(probes) * fast.embed(probes), axis=1)))
+    fast.clear_cache()
+    tmp = verdict.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"max_cosine_gap": gap, "probes": len(probes)}))
+    os.replace(tmp, verdict)
+    if gap > ONNX_MAX_COSINE_GAP:
+        raise EmbedderError(f"the ONNX export of {name} differs from torch by {gap:.2e} cosine")
+    return fast
 
 
 def minilm_dir() -> Path:
@@ -239,13 +472,13 @@ def _resolve_hf_name(name: str) -> Path:
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
         raise EmbedderError(
             f"model {name!r} is not in the local Hugging Face cache and ontosearch never downloads models. "
-            f"Copy it there (e.g. `huggingface-cli download {name}` on a machine with access) or pass the "
-            f"model's local directory instead of its name"
+            f"Copy it there (`hf download {name}` on a machine with access, then copy the cache) or "
+            "pass the model's local directory instead of its name"
         ) from exc
 
 
-_CACHE: dict[tuple[str, str], Embedder] = {}
-_CACHE_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str], Embedder] = {}
+_LOADED_LOCK = threading.Lock()
 
 
 def _backend() -> str:
@@ -264,44 +497,33 @@ def get_embedder(name: str | None = None) -> Embedder:
     name = name or constants.DEFAULT_EMBEDDER
     backend = _backend()
     key = (name, backend)
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = _load(name, backend)
-        return _CACHE[key]
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load(name, backend)
+        return _LOADED[key]
 
 
 def _load(name: str, backend: str) -> Embedder:
     if name == constants.DEFAULT_EMBEDDER:
         model_dir = minilm_dir()
         # sentence-transformers' configuration of this model: mean pooling, 256 tokens.
-        if backend == "onnx":
+        if backend in {"auto", "onnx"}:
             try:
-                from ontosearch.embedders_onnx import onnx_embedder
-
-                return onnx_embedder(name, model_dir, "mean", 256, reference=None)
-            except Exception as exc:  # noqa: BLE001 - the torch backend still gives the same vectors
+                return onnx_embedder(name, model_dir, "mean", 256)
+            except Exception as exc:  # noqa: BLE001 - torch gives the same vectors, only slower
                 if backend == "onnx":
-                    raise EmbedderError(f"ONNX backend for {name} unavailable: {exc}") from exc
-                log.warning("ONNX backend for %s unavailable (%s); using torch", name, exc)
+                    raise EmbedderError(f"the ONNX backend for {name} is unavailable: {exc}") from exc
+                log.warning("the ONNX backend for %s is unavailable (%s); using torch", name, exc)
         return TorchEmbedder(name, model_dir, "mean", max_length=256)
 
     path = Path(name).expanduser()
     if path.is_dir():
         model_dir = path.resolve()
         return TorchEmbedder(str(model_dir), model_dir, _pooling_of(model_dir))
-    if "/" in name and not path.exists():
+    if "/" in name and not path.exists() and not name.startswith((".", "/", "~")):
         model_dir = _resolve_hf_name(name)
         return TorchEmbedder(name, model_dir, _pooling_of(model_dir))
     raise EmbedderError(
         f"unknown embedder {name!r}: use {constants.DEFAULT_EMBEDDER!r} (default), "
-        f"{constants.SAPBERT_MODEL!r} from a local Hugging Face cache, or a local model directory"
+        f"{constants.SAPBERT_MODEL!r} from a local Hugging Face cache, or an existing local model directory"
     )
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file; names derived caches so a changed model never reuses a stale export."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -46,7 +46,8 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
     last_error = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise ChromaServerError(f"{what or 'process'} exited with code {process.returncode} before it was ready")
+            raise ChromaServerError(
+                f"{what or 'process'} exited with code {process.returncode} before it was ready")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:

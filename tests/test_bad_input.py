@@ -16,7 +16,10 @@ import json
 import os
 import re
 import string
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -37,6 +40,9 @@ from ontosearch.constants import (
 from ontosearch.workflow import steps
 from ontosearch.workflow.errors import InvalidInputError
 
+pytest_plugins = ["workflow_fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "ontosearch-bad-input"
 INPUTS = {
     "txt": b"T cell\nhepatocyte\n",
@@ -291,3 +297,62 @@ def test_split_puts_every_row_in_exactly_one_chunk(s3, data: bytes, fmt: str, ch
         assert len(rows) == chunk["rows"] <= chunk_size
         seen += [(r["row"], r["label"], r["error"]) for r in rows]
     assert seen == expected
+
+
+# --- commands: bad arguments give one clear message, never a traceback ---------------------------
+
+CLI_BAD_INPUT = {
+    "restore-missing-snapshot": (["restore-snapshot", "--from", "{tmp}/nope", "--into", "{tmp}/data"],
+                                 "no manifest.json"),
+    "publish-missing-snapshot": (["publish-snapshot", "{tmp}/nope", "--bucket", "b"], "no manifest.json"),
+    "build-unknown-ontology": (["build-snapshot", "--ontologies", "fish", "--out", "{tmp}/out"],
+                               "unknown ontology 'fish'"),
+    "serve-missing-snapshot": (["serve", "--snapshot", "{tmp}/nope"], "no manifest.json"),
+    "loadtest-remote-url": (["loadtest", "--url", "http://192.0.2.1:8080"], "not a loopback address"),
+    "task-agent-without-token": (["task-agent"], "TASK_TOKEN is not set"),
+    "workflow-missing-input": (["workflow", "--input", "{tmp}/nope.txt", "--ontology", "cl", "--output",
+                                "{tmp}/o.csv"], "does not exist"),
+    "workflow-not-a-snapshot": (["workflow", "--input", "{tmp}/labels.txt", "--ontology", "cl", "--output",
+                                 "{tmp}/o.csv", "--snapshot", "{tmp}"], "no manifest.json"),
+}
+
+
+# Known findings, reported to their owners; strict, so a fix turns them into a failure to remove here.
+CLI_FINDINGS = {
+    "workflow-not-a-snapshot": "workflow helper: `workflow --snapshot DIR` without a manifest raises "
+                               "ManifestError with a traceback (ontosearch/workflow/local.py main)",
+}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=CLI_FINDINGS[case]))
+    if case in CLI_FINDINGS else case for case in CLI_BAD_INPUT])
+def test_commands_refuse_bad_input_with_a_message_not_a_traceback(case: str, tmp_path: Path) -> None:
+    args, message = CLI_BAD_INPUT[case]
+    (tmp_path / "labels.txt").write_text("T cell\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHROMA_TOKEN": "a" * 20}
+    for name in ("TASK_TOKEN", "AWS_ENDPOINT_URL"):
+        env.pop(name, None)
+    completed = subprocess.run([sys.executable, "-m", "ontosearch", *[a.format(tmp=tmp_path) for a in args]],
+                               capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0
+    assert message in output
+    assert "Traceback" not in output and 'File "' not in output
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="workflow helper: a failed execution's cause is the Lambda error body "
+                   "with its stackTrace; the Failed state should keep only errorMessage")
+def test_bad_execution_input_fails_the_execution_with_a_cause_not_a_traceback(small_snapshot: Path,
+                                                                             tmp_path: Path) -> None:
+    from ontosearch.workflow.local import LocalWorkflow
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("T cell\n")
+    with LocalWorkflow(workdir=tmp_path / "wf", chunk_size=2) as flow:
+        flow.publish_snapshot(small_snapshot)
+        run = flow.run({"input": flow.upload_input(labels), "ontology": "zebrafish", "top_k": 2})
+    assert run.status == "FAILED" and run.error == "InvalidInputError"
+    assert "unknown ontology 'zebrafish'" in run.cause
+    assert "Traceback" not in run.cause and "stackTrace" not in run.cause

@@ -1,0 +1,289 @@
+"""`python -m ontosearch annotate`: a file of free-text labels in, ranked ontology terms out.
+
+The project's main job on a laptop. Where the vectors come from, in order:
+- `--snapshot DIR`: a built snapshot, restored once into the per-user cache and opened embedded;
+- `CHROMA_URL` set: the remote server (through its auth proxy, token from the environment);
+- otherwise the embedded default store (`CHROMA_PATH` or the per-user default); on first use the
+  ontology's collection is built there from the packaged ontology, with progress shown.
+
+The input is streamed in chunks (bounded memory for any file size). Every input row gives output rows:
+one per rank, or one `status=error` row saying why it could not be annotated; a chunk the server fails
+on is reported the same way, so the output always accounts for every input row. The output is written
+to a temporary file and renamed into place at the end, so OUT never holds a half-written result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from ontosearch import constants
+from ontosearch.label_io import (
+    FORMATS,
+    MAX_LABEL_CHARS,
+    LabelFileError,
+    ResultWriter,
+    read_labels,
+)
+
+DEFAULT_TOP_K = 3
+MAX_TOP_K = 100
+DEFAULT_CHUNK_ROWS = 4096
+# After this many chunks in a row fail on the server, stop trying and mark the remaining rows.
+MAX_FAILED_CHUNKS = 3
+
+
+class AnnotateError(RuntimeError):
+    """A problem with the run as a whole (arguments, store, server); exits non-zero with the message."""
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ontosearch annotate",
+        description="Annotate free-text labels (cell types, tissues, diseases) with ontology terms.",
+        epilog=(
+            "Output columns: input,ontology,rank,term_id,term_label,score,status,error: one row per "
+            "input row and rank, or one row with status=error and the reason. Uses CHROMA_URL (+ "
+            "CHROMA_TOKEN) when set, else the local store (CHROMA_PATH), built on first use."
+        ),
+    )
+    parser.add_argument("--input", required=True, help="labels: .txt (one a line), .csv/.tsv, .jsonl")
+    parser.add_argument("--ontology", required=True,
+                        help="cl, uberon, mondo or an alias (cell_type, tissue, disease)")
+    parser.add_argument("--output", required=True, help="result CSV path, or - for standard output")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                        help=f"terms per label (default {DEFAULT_TOP_K})")
+    parser.add_argument("--column", help="CSV/TSV header name (default: first column) or JSONL key "
+                        "(default: label)")
+    parser.add_argument("--format", choices=FORMATS, help="input format (default: from the extension)")
+    parser.add_argument("--snapshot", help="snapshot directory (manifest.json + archive) to annotate against")
+    parser.add_argument("--embedder", default=None,
+                        help="embedder for building the local index on first use "
+                        f"(default {constants.DEFAULT_EMBEDDER}); queries use the index's own")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help=f"rows matched per batch (default {DEFAULT_CHUNK_ROWS})")
+    parser.add_argument("--max-label-chars", type=int, default=MAX_LABEL_CHARS,
+                        help=f"longer labels get an error row (default {MAX_LABEL_CHARS})")
+    parser.add_argument("--quiet", action="store_true", help="no progress output (the summary still prints)")
+    return parser
+
+
+def snapshot_store(snapshot_dir: Path, log: Any = _err) -> Path:
+    """Restore a snapshot directory once into the per-user cache; returns the persist directory."""
+    from ontosearch.embedders import cache_dir
+    from ontosearch.manifest import Manifest, ManifestError
+    from ontosearch.restore import RestoreError, restore_from_dir
+
+    if not snapshot_dir.is_dir():
+        raise AnnotateError(f"--snapshot {snapshot_dir} is not a directory; pass the directory that holds "
+                            f"{constants.MANIFEST_NAME} and the archive")
+    try:
+        manifest = Manifest.load(snapshot_dir)
+    except (ManifestError, OSError) as exc:
+        raise AnnotateError(f"--snapshot {snapshot_dir}: {exc}") from None
+    into = cache_dir() / "snapshots" / manifest.archive.sha256[:16]
+    try:
+        restore_from_dir(snapshot_dir, into, log=log)
+    except (RestoreError, ManifestError, OSError) as exc:
+        raise AnnotateError(f"cannot use snapshot {snapshot_dir}: {exc}") from None
+    return into
+
+
+def open_client(args: argparse.Namespace, ontology: str, progress: bool) -> tuple[Any, str]:
+    """(client, where) for this run; builds the local collection on first use."""
+    from ontosearch.connect import ConnectError, connect
+    from ontosearch.matcher import MatcherError, find_collection
+
+    try:
+        if args.snapshot:
+            path = snapshot_store(Path(args.snapshot).expanduser())
+            return connect(path=path), f"snapshot {args.snapshot}"
+        if os.environ.get(constants.ENV_URL):
+            return connect(), f"server {os.environ[constants.ENV_URL]}"
+        client = connect()
+    except ConnectError as exc:
+        raise AnnotateError(str(exc)) from None
+    where = f"local store {os.environ.get(constants.ENV_PATH) or _default_path()}"
+    try:
+        find_collection(client, ontology)
+    except MatcherError:
+        build_local(client, ontology, args.embedder, progress)
+    return client, where
+
+
+def _default_path() -> Path:
+    from ontosearch.connect import default_local_path
+
+    return default_local_path()
+
+
+def build_local(client: Any, ontology: str, embedder_name: str | None, progress: bool) -> None:
+    """First use: index the packaged ontology into the embedded store."""
+    from ontosearch.embedders import get_embedder
+    from ontosearch.indexing import index_ontology
+    from ontosearch.ontologies import load_ontology
+
+    started = time.monotonic()
+    onto = load_ontology(ontology)
+    _err(f"annotate: first use of {ontology}: building the local index of {onto.name} {onto.version} "
+         f"({len(onto.terms)} terms); later runs reuse it")
+    embedder = get_embedder(embedder_name)
+    entry = index_ontology(client, onto, embedder, progress=progress)
+    took = time.monotonic() - started
+    _err(f"annotate: built {entry['name']} ({entry['records']} vectors) in {took:.0f} s")
+
+
+@contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    """Standard output, or a temporary file renamed over `path` only when the run completes."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise AnnotateError(f"--output {path} is a directory; give a file name such as {target / 'out.csv'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise AnnotateError(f"--output {path}: directory {parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _chunks(rows: Iterator[tuple[int, str | None, str | None]], size: int
+            ) -> Iterator[list[tuple[int, str | None, str | None]]]:
+    chunk: list[tuple[int, str | None, str | None]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def annotate_stream(
+    rows: Iterator[tuple[int, str | None, str | None]],
+    writer: ResultWriter,
+    ontology: str,
+    top_k: int,
+    client: Any,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    bar: Any = None,
+) -> int:
+    """Match and write every row; returns how many chunks the server failed on."""
+    from ontosearch.matcher import match
+
+    failed_in_a_row = 0
+    failed = 0
+    give_up: str | None = None
+    for chunk in _chunks(rows, max(1, chunk_rows)):
+        labels = [label for _, label, error in chunk if error is None and label]
+        found: dict[str, Any] = {}
+        chunk_error: str | None = give_up
+        if labels and give_up is None:
+            try:
+                results = match(labels, ontology, top_k=top_k, client=client)
+                found = dict(zip(labels, results, strict=True))
+                failed_in_a_row = 0
+            except Exception as exc:  # noqa: BLE001 - reported on the rows, never dropped
+                failed += 1
+                failed_in_a_row += 1
+                chunk_error = f"matching failed: {type(exc).__name__}: {exc}"
+                _err(f"annotate: rows {chunk[0][0]}-{chunk[-1][0]}: {chunk_error}")
+                if failed_in_a_row >= MAX_FAILED_CHUNKS:
+                    give_up = f"not attempted after {failed_in_a_row} failed batches ({exc})"
+                    _err(f"annotate: giving up on matching; remaining rows are marked: {give_up}")
+        for row, label, error in chunk:
+            if error is None and chunk_error is not None:
+                error = chunk_error
+            writer.write(row, label, error, found.get(label, []) if error is None else [])
+        if bar is not None:
+            bar.update(len(chunk))
+    return failed
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (AnnotateError, LabelFileError) as exc:
+        _err(f"annotate: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _err("annotate: interrupted; no output written")
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    from ontosearch.matcher import MatcherError, check_embedder, find_collection
+    from ontosearch.ontologies import OntologyError, resolve_ontology
+
+    started = time.monotonic()
+    try:
+        ontology = resolve_ontology(args.ontology)
+    except OntologyError as exc:
+        raise AnnotateError(str(exc)) from None
+    if not 1 <= args.top_k <= MAX_TOP_K:
+        raise AnnotateError(f"--top-k must be between 1 and {MAX_TOP_K}, got {args.top_k}")
+    if args.chunk_rows < 1:
+        raise AnnotateError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
+    if args.max_label_chars < 1:
+        raise AnnotateError(f"--max-label-chars must be at least 1, got {args.max_label_chars}")
+    # Check the input before any slow setup, so a typo fails at once.
+    rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
+    first = next(rows, None)  # a --column missing from the header raises here
+    rows = itertools.chain([] if first is None else [first], rows)
+    progress = not args.quiet
+
+    client, where = open_client(args, ontology, progress)
+    try:
+        collection = find_collection(client, ontology)
+        embedder = check_embedder(collection, None)
+    except MatcherError as exc:
+        raise AnnotateError(str(exc)) from None
+    if progress:
+        _err(f"annotate: {args.input} against {collection.name} ({where}), embedder {embedder.name}")
+
+    setup = time.monotonic() - started
+    begun = time.monotonic()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="annotating", unit="label", file=sys.stderr, disable=None)
+    try:
+        with _output(args.output) as handle:
+            writer = ResultWriter(handle, ontology=ontology)
+            failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.monotonic() - begun
+    counts = writer.counts
+    rate = counts["rows"] / elapsed if elapsed > 0 else 0.0
+    summary = (
+        f"annotate: {counts['rows']} rows, {counts['annotated']} annotated, {counts['errors']} errors, "
+        f"{counts['no_match']} without a match; {rate:.0f} labels/s ({elapsed:.1f} s, setup {setup:.1f} s)"
+        f" -> {args.output if args.output != '-' else 'stdout'}"
+    )
+    print(summary, file=sys.stderr if args.output == "-" else sys.stdout, flush=True)
+    return 1 if failed else 0

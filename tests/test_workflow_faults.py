@@ -15,6 +15,8 @@ import boto3
 import pytest
 from workflow_fixtures import processes_mentioning, wait_until_gone
 
+from ontosearch.chroma_process import free_port
+from ontosearch.embedders import get_embedder
 from ontosearch.proxy import generate_token
 from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
 
@@ -77,6 +79,33 @@ def test_a_chunk_that_keeps_failing_fails_the_execution_and_keeps_finished_parts
         assert "StopTaskAfterFailure" in entered and "Merge" not in entered
 
 
+def test_a_chunk_whose_proxy_keeps_failing_is_retried_with_backoff_then_fails(small_snapshot, tmp_path):
+    attempts: dict[int, list[float]] = {}
+
+    def unreachable_for_second_chunk(query):
+        def handler(event, context):
+            index = event["chunk"]["index"]
+            attempts.setdefault(index, []).append(time.monotonic())
+            if index == 1:  # this invocation's network path to the task is down
+                event = {**event, "url": f"http://127.0.0.1:{free_port()}"}
+            return query(event, context)
+        return handler
+
+    with LocalWorkflow(chunk_size=3, map_concurrency=1, query_max_attempts=2, query_retry_interval_seconds=1,
+                       wrap={"query": unreachable_for_second_chunk}) as flow:
+        uri = start(flow, small_snapshot, tmp_path)
+        run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+        assert run.status == "FAILED"
+        assert run.error == "ChromaUnavailableError"
+        assert "did not answer" in lambda_message(run.cause)
+        assert len(attempts[1]) == 3, "one try and two retries"
+        assert len(attempts[0]) == 1
+        assert flow.keys(f"work/{run.execution}/parts/") == [f"work/{run.execution}/parts/00000.csv"]
+        (task,) = run.tasks
+        assert task.stopped_reason() == "StopTask"
+        assert not leftovers(task)
+
+
 def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, tmp_path):
     with LocalWorkflow(ready_timeout_seconds=20, workflow_timeout_seconds=120) as flow:
         uri = start(flow, small_snapshot, tmp_path)
@@ -134,6 +163,7 @@ def test_a_run_past_its_timeout_is_stopped_by_the_task_itself(small_snapshot, tm
                        wrap={"merge": slow_merge}) as flow:
         try:
             uri = start(flow, small_snapshot, tmp_path)
+            get_embedder().embed(["warm"])  # the query step's cold start must not eat the 16 s
             run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
             assert run.status == "TIMED_OUT"
             assert run.error == "States.Timeout"

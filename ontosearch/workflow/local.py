@@ -710,6 +710,7 @@ def main(argv: list[str]) -> int:
         if args.column:
             request["column"] = args.column
         run = flow.run(request)
+        say(f"execution {run.execution} {run.status} in {run.seconds:.1f} s")
         if run.status == "SUCCEEDED":
             flow.download(run.output["output"], args.output)
             run.output["local_output"] = str(Path(args.output).resolve())

@@ -40,6 +40,8 @@ from ontosearch.workflow.errors import (
 )
 
 DEFAULT_CHUNK_SIZE = 500
+# The chunk list travels in the execution state (256 KiB payload limit; ~80 bytes per chunk).
+MAX_CHUNKS = 2500
 MAX_TOP_K = 50
 REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
 # execution names become key parts; Step Functions allows these characters (and a few we refuse)
@@ -247,6 +249,13 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
                 flush()
         if buffer:
             flush()
+    if len(chunks) > MAX_CHUNKS:
+        needed = -(-rows // MAX_CHUNKS)
+        raise InvalidInputError(
+            f"input {job['input']} has {rows} rows, {len(chunks)} chunks of {size}; an execution carries at "
+            f"most {MAX_CHUNKS} chunks: split the file, or set the validate Lambda's chunk size "
+            f"(WORKFLOW_CHUNK_SIZE) to at least {needed}"
+        )
     return {"chunks": chunks, "rows": rows}
 
 

@@ -468,7 +468,8 @@ def _resolve_hf_name(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(name, local_files_only=True))
+        # HF_HUB_CACHE is read here, not at import, so a cache set up after start-up is found.
+        return Path(snapshot_download(name, local_files_only=True, cache_dir=os.environ.get("HF_HUB_CACHE")))
     except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
         raise EmbedderError(
             f"model {name!r} is not in the local Hugging Face cache and ontosearch never downloads models. "

@@ -294,3 +294,15 @@ def test_image_import_guard_refuses_a_package_the_image_lacks():
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     # The embedders need numpy, which the image lacks: the guard must make that visible.
     assert proc.returncode != 0 and "not installed in the project image" in proc.stderr
+
+
+def test_configured_snapshot_version_and_task_size_reach_the_task():
+    from pulumi_harness import synth_with
+
+    result = synth_with("dev", {"ontosearch:snapshotVersion": "20260101T000000Z-abc1234",
+                                "ontosearch:cpu": 2048, "ontosearch:memory": 8192,
+                                "ontosearch:ephemeralStorageGiB": 40})
+    restore = _by_name(container_definitions(result))[c.RESTORE_CONTAINER]
+    assert restore["command"][restore["command"].index("--version") + 1] == "20260101T000000Z-abc1234"
+    task = result.one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
+    assert (task["cpu"], task["memory"], task["ephemeralStorage"]["sizeInGib"]) == ("2048", "8192", 40)

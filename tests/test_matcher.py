@@ -1,0 +1,248 @@
+"""Indexing and matching against real Chroma (embedded and a `chroma run` server) with MiniLM.
+
+A subset of CL keeps this fast: a few hundred terms around T cells, B cells, retinal and
+pancreatic cells (the real labels, synonyms, parents and deprecated-term exclusion of the
+packaged CL), indexed once per module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import numpy as np
+import pytest
+
+from ontosearch.chroma_process import ChromaServer
+from ontosearch.constants import SAPBERT_MODEL
+from ontosearch.embedders import get_embedder
+from ontosearch.indexing import SYNONYM_ID_SEPARATOR, collection_name, count_records, index_ontology
+from ontosearch.matcher import ABBREVIATION_SCORE, Match, MatcherError, find_collection, match
+from ontosearch.ontologies import Ontology, load_ontology
+
+KEYWORDS = ("T cell", "B cell", "bipolar", "retinal", "pancreatic", "oligodendrocyte", "hepatocyte",
+            "natural killer", "stem cell")
+KEEP = {"CL:0000000", "CL:0000540", "CL:0000815", "CL:0004117", "CL:0000171"}
+
+
+def cl_subset() -> Ontology:
+    full = load_ontology("cl")
+    terms = [t for t in full.terms if t.id in KEEP or any(k in t.label for k in KEYWORDS)]
+    kept = {t.id for t in terms}
+    # parents outside the subset would point nowhere
+    terms = [replace(t, parents=tuple(p for p in t.parents if p in kept)) for t in terms]
+    return Ontology(name="cl", version=full.version, terms=terms)
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is asked to embed (to observe deduplication)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dimensions = inner.dimensions
+        self.calls: list[list[str]] = []
+
+    def spec(self) -> dict[str, Any]:
+        return self.inner.spec()
+
+    def embed(self, texts, progress: bool = False) -> np.ndarray:
+        self.calls.append(list(texts))
+        return self.inner.embed(texts, progress=progress)
+
+
+class RenamedEmbedder(CountingEmbedder):
+    """The same model presented under another name: what a snapshot built elsewhere looks like."""
+
+    def spec(self) -> dict[str, Any]:
+        return {**self.inner.spec(), "name": SAPBERT_MODEL, "dimensions": 768}
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Any:
+    return get_embedder()
+
+
+@pytest.fixture(scope="module")
+def ontology() -> Ontology:
+    return cl_subset()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, ontology: Ontology, embedder: Any) -> Any:
+    client = chromadb.PersistentClient(path=str(tmp_path_factory.mktemp("chroma")))
+    info = index_ontology(client, ontology, embedder, progress=False)
+    assert info["records"] == count_records(ontology)
+    return client
+
+
+def test_collection_is_named_by_version_with_cosine_space_and_embedder(
+    client: Any, ontology: Ontology, embedder: Any
+) -> None:
+    name = collection_name("cl", ontology.version)
+    assert name == "cl_" + ontology.version.replace("-", "_")
+    collection = client.get_collection(name)
+    meta = collection.metadata
+    assert meta["hnsw:space"] == "cosine"
+    assert collection.configuration_json["hnsw"]["space"] == "cosine"
+    assert meta["ontology"] == "cl" and meta["version"] == ontology.version
+    assert meta["embedder_name"] == embedder.name
+    assert meta["embedder_dimensions"] == embedder.dimensions
+    assert meta["synonym_vectors"] is True
+
+
+def test_collection_names_are_valid_chroma_names() -> None:
+    assert collection_name("uberon", "v2025-04-10") == "uberon_v2025_04_10"
+    assert collection_name("mondo", "releases/2025.04") == "mondo_releases_2025_04"
+    assert 3 <= len(collection_name("cl", "1")) <= 512
+
+
+def test_records_are_term_ids_and_synonym_ids_with_scalar_metadata(client: Any, ontology: Ontology) -> None:
+    collection = client.get_collection(collection_name("cl", ontology.version))
+    treg = collection.get(ids=["CL:0000815"], include=["metadatas", "embeddings"])
+    meta = treg["metadatas"][0]
+    assert meta["term_id"] == "CL:0000815" and meta["label"] == "regulatory T cell"
+    assert "Treg" in json.loads(meta["synonyms"])
+    assert meta["kind"] == "label" and meta["norm"] == "regulatory t cell"
+    assert np.isclose(np.linalg.norm(treg["embeddings"][0]), 1.0, atol=1e-3)
+    synonyms = collection.get(where={"term_id": "CL:0000815"}, include=["metadatas"])
+    synonym_ids = [i for i in synonyms["ids"] if i != "CL:0000815"]
+    assert synonym_ids and all(i.startswith("CL:0000815" + SYNONYM_ID_SEPARATOR) for i in synonym_ids)
+    # "regulatory T-cell" normalises like the label: no duplicate vector for it
+    assert {m["text"] for m in synonyms["metadatas"]} >= {"regulatory T cell", "Treg"}
+    assert "regulatory T-cell" not in {m["text"] for m in synonyms["metadatas"]}
+    for record in synonyms["metadatas"]:
+        assert all(isinstance(value, (str, int, float, bool)) for value in record.values())
+
+
+def test_deprecated_terms_are_not_indexed(client: Any, ontology: Ontology) -> None:
+    from cellxgene_ontology_guide.supported_versions import load_ontology_file
+
+    raw = load_ontology_file(f"CL-ontology-{ontology.version}.json.zst")
+    deprecated = [term_id for term_id, entry in raw.items() if entry.get("deprecated")]
+    assert len(deprecated) > 100
+    collection = client.get_collection(collection_name("cl", ontology.version))
+    assert collection.get(ids=deprecated[:200])["ids"] == []
+
+
+def test_labels_only_index_has_one_record_per_term(tmp_path: Path, ontology: Ontology, embedder: Any) -> None:
+    small = Ontology("cl", ontology.version, ontology.terms[:20])
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    info = index_ontology(client, small, embedder, progress=False, synonyms=False)
+    assert info == {"name": collection_name("cl", small.version), "ontology": "cl",
+                    "source_version": small.version, "terms": 20, "records": 20}
+    # indexing again replaces the collection instead of adding duplicates
+    assert index_ontology(client, small, embedder, progress=False, synonyms=False)["records"] == 20
+
+
+def test_exact_label_and_synonym_hits_come_first_with_score_one(client: Any, embedder: Any) -> None:
+    found = match(["Tregs", "CD4+, alpha-beta T cells", "NATURAL KILLER CELLS"], "cl", client=client,
+                  embedder=embedder)
+    assert [r[0].term_id for r in found] == ["CL:0000815", "CL:0000624", "CL:0000623"]
+    assert found[0][0].score == 1.0 and found[0][0].matched_text == "Treg"
+    assert found[1][0].matched_text == "CD4-positive, alpha-beta T cell"
+
+
+def test_each_term_appears_once_and_scores_fall_with_rank(client: Any, embedder: Any) -> None:
+    for results in match(["T lymphocytes", "retinal neurons", "B cell"], "cell_type", top_k=10,
+                         client=client, embedder=embedder):
+        ids = [m.term_id for m in results]
+        assert len(ids) == len(set(ids)) == 10
+        assert [m.rank for m in results] == list(range(1, 11))
+        scores = [m.score for m in results]
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_abbreviations_match_initialisms_of_labels(client: Any, embedder: Any) -> None:
+    [opc] = match(["OPCs"], "cl", client=client, embedder=embedder)
+    assert opc[0].term_id == "CL:0002453"  # oligodendrocyte precursor cell
+    assert opc[0].score == ABBREVIATION_SCORE
+
+
+def test_a_query_naming_siblings_gets_their_parent(client: Any, embedder: Any) -> None:
+    [bipolar] = match(["bipolar cells"], "cl", client=client, embedder=embedder)
+    assert bipolar[0].term_id == "CL:0000748"  # retinal bipolar neuron, not ON- or OFF-bipolar cell
+
+
+def test_taxon_specific_terms_lose_near_ties_to_general_ones() -> None:
+    from ontosearch.matcher import SPECIFIC_PENALTY, _vector_candidates
+
+    mouse = {"term_id": "CL:4300366", "specific": True}
+    general = {"term_id": "CL:0002453", "specific": False}
+    near_tie = _vector_candidates([mouse, general], [0.10, 0.10 + SPECIFIC_PENALTY / 2])
+    assert [meta["term_id"] for meta, _ in near_tie] == ["CL:0002453", "CL:4300366"]
+    clear_win = _vector_candidates([mouse, general], [0.10, 0.10 + SPECIFIC_PENALTY * 2])
+    assert [meta["term_id"] for meta, _ in clear_win] == ["CL:4300366", "CL:0002453"]
+
+
+def test_duplicates_are_embedded_once_and_answered_in_input_order(client: Any, embedder: Any) -> None:
+    counting = CountingEmbedder(embedder)
+    labels = ["hepatocytes", "B cells", "hepatocytes", "", "B cells", "   "]
+    found = match(labels, "cl", top_k=2, client=client, embedder=counting)
+    assert sum(len(call) for call in counting.calls) == 2
+    assert found[0] == found[2] and found[1] == found[4]
+    assert found[3] == [] and found[5] == []
+    assert found[1][0].term_id == "CL:0000236"
+    assert all(isinstance(m, Match) for m in found[0])
+
+
+def test_small_batches_give_the_same_answers(client: Any, embedder: Any) -> None:
+    labels = ["Tregs", "plasma cells", "rod cells", "beta cells", "memory B cells"]
+    assert match(labels, "cl", client=client, embedder=embedder, batch_size=2) == match(
+        labels, "cl", client=client, embedder=embedder, batch_size=256
+    )
+
+
+def test_embedder_mismatch_is_refused_naming_both(client: Any, embedder: Any) -> None:
+    with pytest.raises(MatcherError, match=r"built with embedder 'all-MiniLM-L6-v2'.*SapBERT"):
+        match(["T cells"], "cl", client=client, embedder=RenamedEmbedder(embedder))
+
+
+def test_default_embedder_is_the_collections(client: Any) -> None:
+    assert match(["Tregs"], "cl", client=client)[0][0].term_id == "CL:0000815"
+
+
+def test_bad_requests_are_refused_clearly(client: Any, embedder: Any) -> None:
+    with pytest.raises(MatcherError, match="unknown ontology 'hpo'"):
+        match(["x"], "hpo", client=client, embedder=embedder)
+    with pytest.raises(MatcherError, match="no uberon collection"):
+        match(["liver"], "tissue", client=client, embedder=embedder)
+    with pytest.raises(MatcherError, match="not one string"):
+        match("T cells", "cl", client=client, embedder=embedder)
+    with pytest.raises(MatcherError, match="top_k"):
+        match(["T cells"], "cl", top_k=0, client=client, embedder=embedder)
+    with pytest.raises(MatcherError, match="labels must be strings"):
+        match([None], "cl", client=client, embedder=embedder)  # type: ignore[list-item]
+
+
+def test_newest_collection_or_a_named_one_is_used(tmp_path: Path, ontology: Ontology, embedder: Any) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    old = Ontology("cl", "v2025-02-13", [t for t in ontology.terms if t.id == "CL:0000084"])
+    new = Ontology("cl", "v2026-03-26", [t for t in ontology.terms if t.id == "CL:0000236"])
+    index_ontology(client, old, embedder, progress=False)
+    index_ontology(client, new, embedder, progress=False)
+    assert find_collection(client, "cl").name == "cl_v2026_03_26"
+    assert match(["cells"], "cl", client=client, embedder=embedder)[0][0].term_id == "CL:0000236"
+    named = match(["cells"], "cl", client=client, embedder=embedder, collection="cl_v2025_02_13")
+    assert named[0][0].term_id == "CL:0000084"
+    with pytest.raises(MatcherError, match="does not exist"):
+        match(["cells"], "cl", client=client, embedder=embedder, collection="cl_v1999")
+
+
+@pytest.mark.slow
+def test_http_client_through_chroma_run_answers_like_the_embedded_store(
+    tmp_path: Path, client: Any, ontology: Ontology, embedder: Any
+) -> None:
+    labels = ["Tregs", "OPCs", "bipolar cells", "CD8+ T cells", "hepatocyte", "pancreatic alpha cells"]
+    with ChromaServer(tmp_path / "server") as server:
+        remote = chromadb.HttpClient(host=server.host, port=server.port)
+        index_ontology(remote, ontology, embedder, progress=False)
+        over_http = match(labels, "cl", top_k=5, client=remote, embedder=embedder)
+    embedded = match(labels, "cl", top_k=5, client=client, embedder=embedder)
+    for http_matches, local_matches in zip(over_http, embedded, strict=True):
+        assert [m.term_id for m in http_matches] == [m.term_id for m in local_matches]
+        assert np.allclose([m.score for m in http_matches], [m.score for m in local_matches], atol=1e-4)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,11 @@ def _embed_alone(labels: list[str], embedder_name: str | None) -> dict[str, Any]
     embedder.embed(["warm up"])
     load_s = time.perf_counter() - t0
     unique = list(dict.fromkeys(labels))
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     embedder.embed(unique)
     unique_s = time.perf_counter() - t0
+    cpu_s = _cpu_seconds() - cpu0
     return {
         "embedder": embedder.spec(),
         "backend": type(embedder).__name__,
@@ -81,7 +84,16 @@ def _embed_alone(labels: list[str], embedder_name: str | None) -> dict[str, Any]
         "unique_s": unique_s,
         "texts_per_s": len(unique) / unique_s,
         "rows_per_s": len(labels) / unique_s,
+        "cpu_s": cpu_s,
+        "texts_per_cpu_s": len(unique) / cpu_s if cpu_s > 0 else None,
     }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def embedder_alone(labels: list[str], embedder_name: str | None = None) -> dict[str, Any]:
@@ -90,13 +102,20 @@ def embedder_alone(labels: list[str], embedder_name: str | None = None) -> dict[
     return value
 
 
-def run_with_peak(
-    command: list[str], timeout: float = 1800.0, env: dict[str, str] | None = None
-) -> tuple[int, float, float, str]:
-    """Run `command`; (exit code, wall seconds, peak RSS in MB, combined output).
+@dataclass
+class Finished:
+    exit_code: int
+    wall_s: float
+    peak_rss_mb: float
+    cpu_s: float  # user + system seconds of the process and the children it waited for
+    output: str
 
-    The peak is the kernel's figure for the process and the children it waited for (wait4), so a
-    command that indexes in a child or starts a server is measured at its largest process.
+
+def run_with_peak(command: list[str], timeout: float = 1800.0, env: dict[str, str] | None = None) -> Finished:
+    """Run `command` to completion and collect the kernel's accounting of it.
+
+    wait4 reports the process together with the children it waited for, so a command that indexes
+    in a child or starts a server is measured at its largest process and with all its CPU time.
     """
     import tempfile
 
@@ -119,7 +138,7 @@ def run_with_peak(
         process.returncode = os.waitstatus_to_exitcode(status)
         output.seek(0)
         text = output.read()
-    return process.returncode, wall, usage.ru_maxrss / 1024.0, text
+    return Finished(process.returncode, wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime, text)
 
 
 def _reported_rate(text: str) -> float | None:
@@ -133,21 +152,23 @@ def _reported_rate(text: str) -> float | None:
 def run_command(
     args: list[str], rows: int, timeout: float = 1800.0, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """Run `python -m ontosearch ARGS` to completion; wall time, peak RSS, exit code, reported rate."""
-    code, wall, peak, text = run_with_peak([sys.executable, "-m", "ontosearch", *args], timeout, env)
-    tail = text.strip().splitlines()[-4:]
+    """Run `python -m ontosearch ARGS` to completion; wall time, CPU, peak RSS, exit code, reported rate."""
+    done = run_with_peak([sys.executable, "-m", "ontosearch", *args], timeout, env)
+    tail = done.output.strip().splitlines()[-4:]
     result = {
         "command": "python -m ontosearch " + " ".join(args),
-        "exit_code": code,
-        "wall_s": wall,
-        "peak_rss_mb": peak,
+        "exit_code": done.exit_code,
+        "wall_s": done.wall_s,
+        "cpu_s": done.cpu_s,
+        "peak_rss_mb": done.peak_rss_mb,
         "rows": rows,
-        "labels_per_s_wall": rows / wall,
-        "labels_per_s_reported": _reported_rate(text),
+        "labels_per_s_wall": rows / done.wall_s,
+        "labels_per_cpu_s": rows / done.cpu_s if done.cpu_s > 0 else None,
+        "labels_per_s_reported": _reported_rate(done.output),
         "output_tail": tail,
     }
-    if code != 0:
-        result["error"] = f"exit code {code}: {' | '.join(tail)[-600:]}"
+    if done.exit_code != 0:
+        result["error"] = f"exit code {done.exit_code}: {' | '.join(tail)[-600:]}"
     return result
 
 
@@ -159,18 +180,19 @@ def count_output_rows(path: str | Path) -> int:
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)
 
 
-def timed_build(ontologies: list[str], out_dir: str | Path, timeout: float = 1800.0) -> dict[str, Any]:
-    """`build-snapshot` for the ontologies as the command users run; wall time and peak RSS."""
+def timed_build(ontologies: list[str], out_dir: str | Path, timeout: float = 3600.0) -> dict[str, Any]:
+    """`build-snapshot` for the ontologies as the command users run; wall time, CPU and peak RSS."""
     args = ["build-snapshot", "--ontologies", ",".join(ontologies), "--out", str(out_dir)]
-    code, wall, peak, text = run_with_peak([sys.executable, "-m", "ontosearch", *args], timeout)
-    tail = text.strip().splitlines()[-4:]
+    done = run_with_peak([sys.executable, "-m", "ontosearch", *args], timeout)
+    tail = done.output.strip().splitlines()[-4:]
     result = {
         "command": "python -m ontosearch " + " ".join(args),
-        "exit_code": code,
-        "wall_s": wall,
-        "peak_rss_mb": peak,
+        "exit_code": done.exit_code,
+        "wall_s": done.wall_s,
+        "cpu_s": done.cpu_s,
+        "peak_rss_mb": done.peak_rss_mb,
         "output_tail": tail,
     }
-    if code != 0:
+    if done.exit_code != 0:
         result["error"] = f"build-snapshot failed: {' | '.join(tail)[-600:]}"
     return result

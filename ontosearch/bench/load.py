@@ -48,6 +48,25 @@ class LoadResult:
         return data
 
 
+def merge(parts: Sequence[LoadResult]) -> LoadResult:
+    """One result from several runs of the same path and concurrency (their latencies pooled)."""
+    latencies = [value for part in parts for value in part.latencies_ms]
+    seconds = sum(part.seconds for part in parts)
+    return LoadResult(
+        path=parts[0].path,
+        concurrency=parts[0].concurrency,
+        requests=len(latencies),
+        errors=sum(part.errors for part in parts),
+        seconds=round(seconds, 3),
+        qps=len(latencies) / seconds if seconds > 0 else 0.0,
+        p50_ms=percentile(latencies, 50),
+        p90_ms=percentile(latencies, 90),
+        p99_ms=percentile(latencies, 99),
+        max_ms=max(latencies) if latencies else float("nan"),
+        latencies_ms=latencies,
+    )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 

@@ -26,6 +26,7 @@ from ontosearch.bench.load import (
     HttpPath,
     LoadResult,
     closed_loop,
+    merge,
     query_body,
     recall_at_k,
     timed_batches,
@@ -152,11 +153,17 @@ def measure(dataset: Dataset, settings: QuerySettings, log: Any = print) -> dict
         direct = HttpPath(server.url, dataset.collection)
         proxied = HttpPath(task.url, dataset.collection, token=read_token)
         for concurrency in settings.concurrencies:
-            for name, path in ((DIRECT, direct), (PROXY, proxied)):
+            # A-B-B-A halves: drift in the machine's other load hits both paths alike.
+            parts: dict[str, list[LoadResult]] = {DIRECT: [], PROXY: []}
+            for name, path in ((DIRECT, direct), (PROXY, proxied), (PROXY, proxied), (DIRECT, direct)):
                 log(f"  {dataset.name}: {name} x{concurrency}")
-                result = closed_loop(
-                    name, path.client_factory(bodies), len(queries), concurrency, settings.duration
+                parts[name].append(
+                    closed_loop(
+                        name, path.client_factory(bodies), len(queries), concurrency, settings.duration / 2
+                    )
                 )
+            for name, halves in parts.items():
+                result = merge(halves)
                 runs.append(result.summary())
                 latencies[name][concurrency] = result.latencies_ms
         for name, path in ((DIRECT, direct), (PROXY, proxied)):

@@ -485,6 +485,7 @@ def _accuracy_module() -> Any:
     spec = importlib.util.spec_from_file_location("ontosearch_bench_accuracy", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 

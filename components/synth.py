@@ -413,10 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StackFileError) as exc:  # a user's mistake: one line, not a traceback
         print(f"synth: {exc}", file=sys.stderr)
         return 2
-    print_tree(result)
     if args.out:
         args.out.write_text(json.dumps([r.as_json() for r in result.resources], indent=2) + "\n")
-        print(f"wrote {len(result.resources)} resources to {args.out}")
+    try:
+        print_tree(result)
+        if args.out:
+            print(f"wrote {len(result.resources)} resources to {args.out}")
+    except BrokenPipeError:  # e.g. `| head`: the reader has seen enough
+        sys.stderr.close()
     return 0
 
 

@@ -170,22 +170,15 @@ class Bench:
         n = self.args.vectors or (QUICK_VECTORS if self.quick else SEED_VECTORS)
         vectors = synthetic.make_vectors(n, SEED_DIMENSIONS)
         queries = synthetic.make_queries(vectors, 500 if self.quick else 1000)
-        key = f"synthetic-{n}x{SEED_DIMENSIONS}-" + "-".join(
-            f"{k.split(':')[1]}{v}" for k, v in self.hnsw.items()
-        )
-        persist = _cache_root(self.args) / key.replace(":", "")
-        build: dict[str, Any] = {"cached": True}
-        if not (persist / "chroma.sqlite3").exists() or self.quick:
-            if self.quick:
-                persist = self.work / "synthetic"
-            else:
-                shutil.rmtree(persist, ignore_errors=True)
+        if self.quick:
+            persist = self.work / "synthetic"
             _log(f"building {n:,} x {SEED_DIMENSIONS} synthetic collection in {persist}")
-            staging = persist.with_name(persist.name + ".tmp")
-            shutil.rmtree(staging, ignore_errors=True)
-            build = synthetic.build_persist_dir(staging, vectors, metadata=self.hnsw)
-            staging.rename(persist)
+            build = synthetic.build_persist_dir(persist, vectors, metadata=self.hnsw)
             build["cached"] = False
+        else:
+            persist, build = synthetic.cached_persist_dir(
+                vectors, _cache_root(self.args), self.hnsw, log=_log
+            )
         name = f"synthetic {n:,} x {SEED_DIMENSIONS}"
         dataset = query_path.Dataset(
             name,

@@ -135,10 +135,14 @@ def failures(results: list[list[Any]], cases: list[Case]) -> list[dict[str, Any]
     return out
 
 
-def build(client: Any, ontology: Ontology, embedder: Any, reuse: bool) -> dict[str, str]:
+def build(
+    client: Any, ontology: Ontology, embedder: Any, reuse: bool, kinds: Sequence[str] = ("synonyms", "labels")
+) -> dict[str, str]:
+    """The ontology's collections with ("synonyms") and without ("labels") synonym vectors."""
     names = {}
     existing = {getattr(c, "name", c) for c in client.list_collections()}
-    for synonyms, suffix in ((True, "syn"), (False, "lab")):
+    wanted = [(kind == "synonyms", kind[:3]) for kind in kinds]
+    for synonyms, suffix in wanted:
         name = f"{collection_name(ontology.name, ontology.version)}_{suffix}"
         if not (reuse and name in existing):
             started = time.perf_counter()
@@ -161,13 +165,14 @@ def run(
     for name in ontologies:
         ontology = load_ontology(name)
         print(f"{name} {ontology.version}: {len(ontology.terms)} terms", file=sys.stderr)
-        collections = build(client, ontology, embedder, reuse=True)
+        kinds = sorted({mode.split("/")[1] for mode in modes}, reverse=True)
+        collections = build(client, ontology, embedder, reuse=True, kinds=kinds)
         if isinstance(embedder, CachedEmbedder):
             embedder.save()
         for set_name in sets:
             cases = read_set(set_name, name, data_dir)[:limit]
             for mode in modes:
-                kind, vectors = mode.split("/")
+                kind, vectors = mode.split("/")  # vectors: "synonyms" or "labels"
                 started = time.perf_counter()
                 results = match(
                     [case.label for case in cases], name, top_k=TOP_K, client=client, embedder=embedder,

@@ -1,0 +1,64 @@
+"""The held-out sets in bench/data/: well-formed, large enough, and pointing at live terms."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ontosearch.ontologies import load_ontology
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+from accuracy import read_set  # noqa: E402
+from variants import variants_for  # noqa: E402
+
+ONTOLOGIES = ("cl", "uberon", "mondo")
+
+
+@pytest.fixture(scope="module")
+def terms() -> dict[str, dict]:
+    return {name: load_ontology(name).by_id() for name in ONTOLOGIES}
+
+
+@pytest.mark.parametrize("name", ONTOLOGIES)
+@pytest.mark.parametrize("set_name", ["realworld", "variants"])
+def test_each_set_has_at_least_50_labels_with_live_expected_terms(
+    terms: dict[str, dict], name: str, set_name: str
+) -> None:
+    cases = read_set(set_name, name)
+    assert len(cases) >= 50
+    labels = [case.label for case in cases]
+    assert len(labels) == len(set(labels)), "a label listed twice would count twice"
+    for case in cases:
+        assert case.label.strip() == case.label and case.label
+        for term_id in case.expected:
+            # exists in the newest packaged version, and not deprecated (load_ontology drops those)
+            assert term_id in terms[name], f"{set_name}_{name}: {case.label!r} expects dead {term_id}"
+
+
+def test_variant_files_are_what_the_generator_writes_today() -> None:
+    for name in ONTOLOGIES:
+        cases = read_set("variants", name)
+        generated = variants_for(name)
+        assert [(c.label, next(iter(c.expected)), c.rule) for c in cases] == generated
+
+
+def test_variants_cover_every_rule() -> None:
+    rules = {case.rule for case in read_set("variants", "cl")}
+    assert rules == {"plural", "case", "inverted", "mixed", "marker"}
+    for name in ("uberon", "mondo"):
+        assert {case.rule for case in read_set("variants", name)} == {"plural", "case", "inverted", "mixed"}
+
+
+def test_real_world_cell_types_are_not_copies_of_ontology_names(terms: dict[str, dict]) -> None:
+    """Real-world cell-type labels were written by hand, not lifted from the ontology's names."""
+    cases = read_set("realworld", "cl")
+    cl = terms["cl"]
+    verbatim = [
+        case.label for case in cases
+        if any(case.label == cl[t].label or case.label in cl[t].synonyms for t in case.expected)
+    ]
+    assert len(verbatim) <= len(cases) * 0.05

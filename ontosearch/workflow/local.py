@@ -49,7 +49,7 @@ from ontosearch.constants import (
     WORKFLOW_INPUT_PREFIX,
 )
 from ontosearch.workflow import definition as wd
-from ontosearch.workflow.node import asl_dir, node_command
+from ontosearch.workflow.node import NodeToolsMissing, asl_dir, node_command
 
 REGION = "us-east-1"
 ACCOUNT = "000000000000"
@@ -691,10 +691,17 @@ def main(argv: list[str]) -> int:
     if not source.is_file():
         print(f"workflow: input file {source} does not exist", file=sys.stderr)
         return 2
+
     def say(message: str) -> None:
         if not args.quiet:
             print(f"workflow: {message}", file=sys.stderr, flush=True)
 
+    try:
+        node_command()
+        local_settings(map_concurrency=args.map_concurrency, workflow_timeout_seconds=args.timeout)
+    except (NodeToolsMissing, ValueError) as exc:
+        print(f"workflow: {exc}", file=sys.stderr)
+        return 2
     try:
         snapshot = Path(args.snapshot) if args.snapshot else _default_snapshot(args.ontology, args.embedder)
     except Exception as exc:
@@ -702,7 +709,11 @@ def main(argv: list[str]) -> int:
         return 2
     with LocalWorkflow(chunk_size=args.chunk_size, progress=say, map_concurrency=args.map_concurrency,
                        workflow_timeout_seconds=args.timeout) as flow:
-        version = flow.publish_snapshot(snapshot)
+        try:
+            version = flow.publish_snapshot(snapshot)
+        except Exception as exc:
+            print(f"workflow: cannot use the snapshot at {snapshot}: {exc}", file=sys.stderr)
+            return 2
         say(f"snapshot {version} published to the local bucket")
         uri = flow.upload_input(source)
         request = {"input": uri, "ontology": args.ontology, "top_k": args.top_k, "snapshot": "latest",

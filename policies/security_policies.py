@@ -33,6 +33,7 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 try:
     from ontosearch.constants import ENV_ADMIN_TOKEN, ENV_TOKEN
@@ -96,6 +97,56 @@ T_POLICY_ATTACHMENT = "aws:iam/policyAttachment:PolicyAttachment"
 
 # --- small readers -------------------------------------------------------------------------------
 
+class _Unknown:
+    """A value the engine does not know yet (preview). Rules treat it as "cannot tell": never a
+    violation because of it, never proof that something is safe either."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+UNKNOWN = _Unknown()
+
+
+def plain(value: Any) -> Any:
+    """Plain dicts/lists from the SDK's proxies, with UNKNOWN where a value is not known yet.
+
+    The SDK raises UnknownValueError on touching an unknown value, which would skip a whole stack
+    policy in every preview; converting once lets each rule judge what is known.
+    """
+    if isinstance(value, Mapping):
+        out = {}
+        for key in list(value.keys()):
+            try:
+                out[key] = plain(value[key])
+            except UnknownValueError:
+                out[key] = UNKNOWN
+        return out
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        items = []
+        for index in range(len(value)):
+            try:
+                items.append(plain(value[index]))
+            except UnknownValueError:
+                items.append(UNKNOWN)
+        return items
+    return value
+
+
+_plain_cache: dict[int, tuple[Any, Any]] = {}
+
+
+def props(resource: Any) -> dict[str, Any]:
+    """The resource's (or validation args') props as plain values, converted once per object."""
+    key = id(resource)
+    cached = _plain_cache.get(key)
+    if cached is None or cached[0] is not resource:
+        if len(_plain_cache) > 10_000:
+            _plain_cache.clear()
+        cached = (resource, plain(resource.props) if isinstance(resource.props, Mapping) else {})
+        _plain_cache[key] = cached
+    return cached[1]
+
 def stack_of(urn: str) -> str:
     """The stack name inside a URN (urn:pulumi:<stack>::<project>::<type>::<name>)."""
     parts = urn.split(":", 2)
@@ -116,10 +167,17 @@ def as_list(value: Any) -> list[Any]:
     return list(value)
 
 
+def mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one (absent, unknown, or the wrong type)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def truthy(value: Any) -> bool:
     """Booleans arrive as bools, or as strings in JSON documents and launch templates."""
     if isinstance(value, str):
         return value.strip().lower() in {"true", "enabled", "1", "yes"}
+    if value is UNKNOWN:
+        return False
     return bool(value)
 
 
@@ -165,28 +223,28 @@ def _assign_public_ip_in_definition(definition: Any) -> bool:
 
 
 def validate_no_public_ips(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    props, t = args.props, args.resource_type
+    p, t = props(args), args.resource_type
     if t == T_ECS_SERVICE:
-        network = props.get("networkConfiguration") or {}
+        network = mapping(p.get("networkConfiguration"))
         if truthy(network.get("assignPublicIp")):
             report("ECS service tasks get public IPs (networkConfiguration.assignPublicIp); run them in "
                    "private subnets with assignPublicIp false and reach AWS through NAT or VPC endpoints")
-    elif t == T_INSTANCE and truthy(props.get("associatePublicIpAddress")):
+    elif t == T_INSTANCE and truthy(p.get("associatePublicIpAddress")):
         report("EC2 instance gets a public IP (associatePublicIpAddress); set it false")
     elif t == T_LAUNCH_TEMPLATE:
-        for interface in as_list(props.get("networkInterfaces")):
+        for interface in as_list(p.get("networkInterfaces")):
             if isinstance(interface, Mapping) and truthy(interface.get("associatePublicIpAddress")):
                 report("launch template gives instances public IPs "
                        "(networkInterfaces.associatePublicIpAddress)")
-    elif t == T_SUBNET and truthy(props.get("mapPublicIpOnLaunch")):
+    elif t == T_SUBNET and truthy(p.get("mapPublicIpOnLaunch")):
         report("subnet hands out public IPs to everything launched in it (mapPublicIpOnLaunch); set it false "
                "(the load balancer does not need it)")
-    elif t == T_EIP and (props.get("instance") or props.get("networkInterface")):
+    elif t == T_EIP and (p.get("instance") or p.get("networkInterface")):
         report("Elastic IP attached to an instance or network interface; only NAT gateways may hold "
                "public IPs")
     elif t == T_EIP_ASSOCIATION:
         report("Elastic IP association gives an instance or network interface a public IP")
-    elif t == T_STATE_MACHINE and _assign_public_ip_in_definition(props.get("definition")):
+    elif t == T_STATE_MACHINE and _assign_public_ip_in_definition(p.get("definition")):
         report("state machine starts tasks with AssignPublicIp ENABLED; use DISABLED with private subnets")
 
 
@@ -203,7 +261,7 @@ def _identifiers(resource: Any) -> set[str]:
     """Values other resources may use to refer to `resource` (id, ARN, name), when known."""
     found = {resource.urn}
     for key in ("id", "arn", "name"):
-        value = resource.props.get(key) if isinstance(resource.props, Mapping) else None
+        value = props(resource).get(key)
         if isinstance(value, str) and value:
             found.add(value)
     return found
@@ -214,7 +272,7 @@ def _refers_to(resource: Any, prop: str, target_keys: set[str]) -> bool:
     deps = (getattr(resource, "property_dependencies", None) or {}).get(prop) or []
     if any(dep.urn in target_keys for dep in deps):
         return True
-    values = {v for v in as_list(resource.props.get(prop)) if isinstance(v, str)}
+    values = {v for v in as_list(props(resource).get(prop)) if isinstance(v, str)}
     return bool(values & target_keys)
 
 
@@ -226,7 +284,7 @@ def _alb_security_group_keys(resources: Sequence[Any]) -> set[str]:
         for group in groups:
             if _refers_to(lb, "securityGroups", _identifiers(group)):
                 keys |= _identifiers(group)
-        keys |= {v for v in as_list(lb.props.get("securityGroups")) if isinstance(v, str)}
+        keys |= {v for v in as_list(props(lb).get("securityGroups")) if isinstance(v, str)}
     return keys
 
 
@@ -250,19 +308,19 @@ def _world_rule_problem(rule: Mapping[str, Any], is_alb: bool) -> str | None:
 def validate_no_world_ingress(args: StackValidationArgs, report: ReportViolation) -> None:
     alb_keys = _alb_security_group_keys(args.resources)
     for resource in args.resources:
-        t, props = resource.resource_type, resource.props
+        t, p = resource.resource_type, props(resource)
         if t == T_SECURITY_GROUP:
             is_alb = bool(_identifiers(resource) & alb_keys)
-            for rule in as_list(props.get("ingress")):
+            for rule in as_list(p.get("ingress")):
                 if isinstance(rule, Mapping):
                     problem = _world_rule_problem(rule, is_alb)
                     if problem:
                         report(f"{problem}", resource.urn)
         elif t in (T_SG_RULE, T_SG_INGRESS_RULE):
-            if t == T_SG_RULE and str(props.get("type", "")).lower() != "ingress":
+            if t == T_SG_RULE and str(p.get("type", "")).lower() != "ingress":
                 continue
             is_alb = _refers_to(resource, "securityGroupId", alb_keys)
-            problem = _world_rule_problem(props, is_alb)
+            problem = _world_rule_problem(p, is_alb)
             if problem:
                 report(f"{problem}", resource.urn)
 
@@ -277,11 +335,16 @@ no_world_ingress = _policy(
 # --- encryption at rest --------------------------------------------------------------------------
 
 def _sse_rules_ok(rules: Any) -> bool:
+    if rules is UNKNOWN:
+        return True
     for rule in as_list(rules):
         if not isinstance(rule, Mapping):
             continue
-        default = rule.get("applyServerSideEncryptionByDefault") or {}
-        if isinstance(default, Mapping) and default.get("sseAlgorithm") in BUCKET_SSE_ALGORITHMS:
+        default = rule.get("applyServerSideEncryptionByDefault")
+        if default is UNKNOWN:
+            return True
+        if isinstance(default, Mapping) and (default.get("sseAlgorithm") in BUCKET_SSE_ALGORITHMS
+                                             or default.get("sseAlgorithm") is UNKNOWN):
             return True
     return False
 
@@ -291,24 +354,24 @@ def validate_encryption_at_rest(args: StackValidationArgs, report: ReportViolati
     aws_managed_ok = bool((args.get_config() or {}).get("awsManagedKeysAllowed", False))
     sse_configs = [r for r in resources if r.resource_type in (T_BUCKET_SSE, T_BUCKET_SSE_V2)]
     for bucket in (r for r in resources if r.resource_type in (T_BUCKET, T_BUCKET_V2)):
-        inline = bucket.props.get("serverSideEncryptionConfiguration") or {}
+        inline = mapping(props(bucket).get("serverSideEncryptionConfiguration"))
         if isinstance(inline, Mapping) and _sse_rules_ok(inline.get("rule") or inline.get("rules")):
             continue
-        keys = _identifiers(bucket) | {v for v in as_list(bucket.props.get("bucket")) if isinstance(v, str)}
+        keys = _identifiers(bucket) | {v for v in as_list(props(bucket).get("bucket")) if isinstance(v, str)}
         configs = [c for c in sse_configs if _refers_to(c, "bucket", keys)]
         if not configs:
             report("bucket has no server-side encryption configuration; add a "
                    "BucketServerSideEncryptionConfiguration with AES256 or aws:kms", bucket.urn)
-        elif not any(_sse_rules_ok(c.props.get("rules")) for c in configs):
+        elif not any(_sse_rules_ok(props(c).get("rules")) for c in configs):
             report(f"bucket encryption must use one of {', '.join(BUCKET_SSE_ALGORITHMS)}",
                    bucket.urn)
     if aws_managed_ok:
         return
     for resource in resources:
-        if resource.resource_type == T_LOG_GROUP and not resource.props.get("kmsKeyId"):
+        if resource.resource_type == T_LOG_GROUP and not props(resource).get("kmsKeyId"):
             report("log group is not encrypted with a customer-managed KMS key (kmsKeyId); "
                    "container logs may carry request paths and errors", resource.urn)
-        elif resource.resource_type == T_SECRET and not resource.props.get("kmsKeyId"):
+        elif resource.resource_type == T_SECRET and not props(resource).get("kmsKeyId"):
             report("secret is not encrypted with a customer-managed KMS key (kmsKeyId)",
                    resource.urn)
 
@@ -330,18 +393,22 @@ encryption_at_rest = _policy(
 def validate_log_retention(args: StackValidationArgs, report: ReportViolation) -> None:
     groups = [r for r in args.resources if r.resource_type == T_LOG_GROUP]
     for group in groups:
-        days = group.props.get("retentionInDays")
+        days = props(group).get("retentionInDays")
+        if days is UNKNOWN:
+            continue
         if not isinstance(days, int | float) or days <= 0:
             report("log group keeps logs forever; set retentionInDays", group.urn)
     # A Lambda function without a log group of its own logs into /aws/lambda/<name>, created on first
     # use with no retention at all.
     group_keys: set[str] = set().union(*(_identifiers(g) for g in groups)) if groups else set()
     for function in (r for r in args.resources if r.resource_type == T_LAMBDA):
-        logging = function.props.get("loggingConfig") or {}
+        logging = props(function).get("loggingConfig") or {}
+        if logging is UNKNOWN or (isinstance(logging, Mapping) and logging.get("logGroup") is UNKNOWN):
+            continue
         if isinstance(logging, Mapping) and logging.get("logGroup"):
             if _refers_to_mapping(function, logging, group_keys):
                 continue
-        name = function.props.get("name") or function.props.get("id")
+        name = props(function).get("name") or props(function).get("id")
         if name and f"/aws/lambda/{name}" in group_keys:
             continue
         report("Lambda function logs to a log group the stack does not manage (so without "
@@ -386,24 +453,24 @@ def _statement_problems(document: Any, identity: bool) -> list[str]:
 
 
 def validate_no_wildcard_actions(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    t, props = args.resource_type, args.props
+    t, p = args.resource_type, props(args)
     if t in (T_ROLE_POLICY_ATTACHMENT, T_POLICY_ATTACHMENT):
-        arn = props.get("policyArn")
+        arn = p.get("policyArn")
         if isinstance(arn, str) and BROAD_MANAGED_POLICY.match(arn):
             report(f"attaches the AWS managed policy {arn.rsplit('/', 1)[-1]}, which allows every action "
                    "of a service; write a policy with the actions and ARNs the role needs")
         return
     if t == "aws:iam/role:Role":
-        for inline in as_list(props.get("inlinePolicies")):
+        for inline in as_list(p.get("inlinePolicies")):
             if isinstance(inline, Mapping):
                 for problem in _statement_problems(parse_json(inline.get("policy")), identity=True):
                     report(f"inline policy {inline.get('name')}: {problem}")
-        for arn in as_list(props.get("managedPolicyArns")):
+        for arn in as_list(p.get("managedPolicyArns")):
             if isinstance(arn, str) and BROAD_MANAGED_POLICY.match(arn):
                 report(f"role uses the AWS managed policy {arn.rsplit('/', 1)[-1]}")
     identity = t in IDENTITY_POLICY_PROPS
     for prop in IDENTITY_POLICY_PROPS.get(t) or RESOURCE_POLICY_PROPS.get(t) or ():
-        for problem in _statement_problems(parse_json(props.get(prop)), identity=identity):
+        for problem in _statement_problems(parse_json(p.get(prop)), identity=identity):
             report(f"{prop}: {problem}")
 
 
@@ -420,14 +487,16 @@ def validate_production_protection(args: ResourceValidationArgs, report: ReportV
     if stack_of(args.urn) not in production_stacks(args.get_config() or {}):
         return
     t = args.resource_type
-    if t in (T_LOAD_BALANCER, T_ALB) and not truthy(args.props.get("enableDeletionProtection")):
+    p = props(args)
+    if t in (T_LOAD_BALANCER, T_ALB) and p.get("enableDeletionProtection") is not UNKNOWN \
+            and not truthy(p.get("enableDeletionProtection")):
         report("production load balancer without enableDeletionProtection; set config "
                "ontosearch:deletionProtection: true")
     elif t in (T_BUCKET, T_BUCKET_V2):
         if not (args.opts is not None and args.opts.protect):
             report("production snapshot bucket is not `protect`ed; set config "
                    "ontosearch:deletionProtection: true")
-        if truthy(args.props.get("forceDestroy")):
+        if truthy(p.get("forceDestroy")):
             report("production bucket has forceDestroy, which deletes every snapshot with the bucket")
 
 
@@ -479,24 +548,25 @@ def _definition_token_problems(definition: Any) -> list[str]:
 def validate_token_only_via_secrets_manager(args: StackValidationArgs, report: ReportViolation) -> None:
     passwords = [r for r in args.resources if r.resource_type == T_RANDOM_PASSWORD]
     password_urns = {p.urn for p in passwords}
-    password_values = {p.props.get("result") for p in passwords} - {None, ""}
+    password_values = {props(pw).get("result") for pw in passwords}
+    password_values = {v for v in password_values if isinstance(v, str) and v}
     for resource in args.resources:
-        t, props = resource.resource_type, resource.props
+        t, p = resource.resource_type, props(resource)
         problems: list[str] = []
         if t == T_TASK_DEFINITION:
-            problems += _container_token_problems(props.get("containerDefinitions"))
+            problems += _container_token_problems(p.get("containerDefinitions"))
         elif t == T_LAMBDA:
-            variables = (props.get("environment") or {}).get("variables") or {}
+            variables = mapping(mapping(p.get("environment")).get("variables"))
             problems += [f"Lambda environment variable {name} holds a token; pass {name}_SECRET_ARN and read "
                          "the secret at run time" for name in TOKEN_VARIABLES if name in variables]
         elif t == T_STATE_MACHINE:
-            problems += _definition_token_problems(props.get("definition"))
+            problems += _definition_token_problems(p.get("definition"))
         if t not in (T_SECRET_VERSION, T_RANDOM_PASSWORD):
             if any(dep.urn in password_urns for dep in getattr(resource, "dependencies", None) or []):
                 problems.append("depends on a generated token; only a Secrets Manager SecretVersion may "
                                 "take it")
             elif password_values and any(isinstance(v, str) and any(p in v for p in password_values)
-                                         for v in walk(props)):
+                                         for v in walk(p)):
                 problems.append("contains a generated token in clear; only a Secrets Manager "
                                 "SecretVersion may hold it")
         for problem in problems:

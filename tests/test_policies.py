@@ -338,7 +338,21 @@ def _analyzer_resource(r: StackResource, outputs: bool):
     return analyzer_pb2.AnalyzerResource(
         type=r.type, properties=properties, urn=r.urn, name=r.name,
         options=analyzer_pb2.AnalyzerResourceOptions(protect=r.protect),
-        parent=r.parent_urn or "", dependencies=list(r.dependencies))
+        parent=r.parent_urn or "", dependencies=list(r.dependencies),
+        propertyDependencies={key: analyzer_pb2.AnalyzerPropertyDependencies(urns=list(urns))
+                              for key, urns in r.property_dependencies.items()})
+
+
+def add_property_dependencies(resources: list[StackResource]) -> None:
+    """What the engine records for each input property: which resources' outputs it was made from
+    (here: the top-level inputs that hold another resource's id)."""
+    by_id = {r.id: r.urn for r in resources if r.id}
+    for r in resources:
+        for key, value in r.inputs.items():
+            values = value if isinstance(value, list) else [value]
+            urns = [by_id[v] for v in values if isinstance(v, str) and v in by_id]
+            if urns:
+                r.property_dependencies[key] = urns
 
 
 def test_pack_served_over_grpc_lists_every_policy(analyzer) -> None:
@@ -372,6 +386,31 @@ def test_pack_served_over_grpc_checks_the_whole_stack(analyzer) -> None:
         resources=[_analyzer_resource(r, outputs=True) for r in resources]))
     assert [(d.policyName, d.urn) for d in bad.diagnostics] == [
         ("encryption-at-rest", find(resources, T_BUCKET).urn)]
+
+
+def test_pack_judges_what_is_known_during_preview(analyzer) -> None:
+    """In a preview, outputs of resources not yet created are unknown: the pack must neither pass a
+    broken rule because of them nor refuse to run, and must still catch what is known to be wrong."""
+    from pulumi.runtime.proto import analyzer_pb2
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+
+    resources = stack("prod")
+    add_property_dependencies(resources)
+    assert find(resources, T_SSE).property_dependencies["bucket"] == [find(resources, T_BUCKET).urn]
+    for r in resources:
+        r.id = ""
+        for key in ("kmsKeyId", "policy", "containerDefinitions", "bucket", "securityGroups", "role"):
+            if key in r.inputs:
+                r.inputs[key] = UNKNOWN_STRING_VALUE
+    ok = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(
+        resources=[_analyzer_resource(r, outputs=True) for r in resources]))
+    assert not ok.diagnostics, [(d.policyName, d.message) for d in ok.diagnostics]
+    find(resources, T_LB).inputs["enableDeletionProtection"] = False
+    group = [r for r in resources if r.type == T_LOG_GROUP][0]
+    group.inputs.pop("retentionInDays")
+    bad = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(
+        resources=[_analyzer_resource(r, outputs=True) for r in resources]))
+    assert [(d.policyName, d.urn) for d in bad.diagnostics] == [("log-retention-set", group.urn)]
 
 
 def _request_fields(r: StackResource) -> dict:

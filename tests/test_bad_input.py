@@ -319,10 +319,7 @@ CLI_BAD_INPUT = {
 
 
 # Known findings, reported to their owners; strict, so a fix turns them into a failure to remove here.
-CLI_FINDINGS = {
-    "workflow-not-a-snapshot": "workflow helper: `workflow --snapshot DIR` without a manifest raises "
-                               "ManifestError with a traceback (ontosearch/workflow/local.py main)",
-}
+CLI_FINDINGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [
@@ -343,8 +340,6 @@ def test_commands_refuse_bad_input_with_a_message_not_a_traceback(case: str, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="workflow helper: a failed execution's cause is the Lambda error body "
-                   "with its stackTrace; the Failed state should keep only errorMessage")
 def test_bad_execution_input_fails_the_execution_with_a_cause_not_a_traceback(small_snapshot: Path,
                                                                              tmp_path: Path) -> None:
     from ontosearch.workflow.local import LocalWorkflow

@@ -107,10 +107,11 @@ def test_invalid_input_fails_before_the_task_starts(definition) -> None:
     states = definition["States"]
     before_task = reachable(states, "Validate") - reachable(states, "StartTask")
     assert {"Validate", "Split"} <= before_task
-    for name in before_task:
-        assert not any(
-            "Stop" in c["Next"] for c in states[name].get("Catch", [])
-        ), f"{name} runs before the task exists and must not try to stop it"
+    for name in ("Validate", "Split"):
+        assert states[name]["Catch"][0]["Next"] == "ExplainInputFailure"
+    refused = reachable(states, "ExplainInputFailure")
+    assert "InputRefused" in refused and states["InputRefused"]["Type"] == "Fail"
+    assert not any(name.startswith(("Stop", "Start")) for name in refused), refused
 
 
 def test_every_state_after_the_task_starts_is_caught_and_stops_the_task(definition) -> None:
@@ -123,8 +124,12 @@ def test_every_state_after_the_task_starts_is_caught_and_stops_the_task(definiti
         if state["Type"] in {"Task", "Map", "Parallel"}:
             catches = state.get("Catch", [])
             assert catches and catches[0]["ErrorEquals"] == ["States.ALL"], name
-            assert catches[0]["Next"] == "StopTaskAfterFailure", name
+            assert catches[0]["Next"] == "ExplainFailure", name
             assert catches[0]["ResultPath"] == "$.error", name
+    # the failure path stops the task whatever the cause looks like, and never reaches Done
+    explain = reachable(states, "ExplainFailure")
+    assert "StopTaskAfterFailure" in explain and "Done" not in explain
+    assert states["ExplainFailure"]["Default"] == "StopTaskAfterFailure"
     # the failure path ends in a Fail state that reports the ORIGINAL error, not the stop's
     assert states["Failed"]["Type"] == "Fail"
     assert states["Failed"]["CausePath"] == "$.error.Cause"

@@ -9,6 +9,9 @@ Shape of an execution (ARCHITECTURE.md section 2):
     Validate -> Split -> StartTask (ecs:runTask.waitForTaskToken) -> QueryChunks (Map)
       -> Merge -> [SaveSnapshot] -> StopTask -> Done
     any failure after the task may have started -> StopTaskAfterFailure -> Failed (original cause)
+    a failure of Validate or Split -> InputRefused (no task exists yet)
+Lambda error causes are reduced to their message (the Explain* states), so a failed execution
+says what was wrong without a stack trace.
 
 Split runs before the task starts: a file that cannot be read fails before any Fargate second is
 paid for, and the task does not idle while the input is chunked. The task is found for stopping
@@ -149,6 +152,34 @@ def _catch_to(next_state: str) -> list[dict[str, Any]]:
     return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": next_state}]
 
 
+def _explain_states(prefix: str, then: str) -> dict[str, dict[str, Any]]:
+    """Reduce a Lambda error's cause (a JSON body with errorType and stackTrace) to its message.
+
+    Other causes (the task agent's SendTaskFailure, States.Timeout) are plain text and pass as
+    they are; the error name is kept either way.
+    """
+    return {
+        f"Explain{prefix}": {
+            "Type": "Choice",
+            "Choices": [{"Variable": "$.error.Cause", "StringMatches": '{*"errorMessage"*',
+                         "Next": f"Parse{prefix}Cause"}],
+            "Default": then,
+        },
+        f"Parse{prefix}Cause": {
+            "Type": "Pass",
+            "Parameters": {"Error.$": "$.error.Error", "Cause.$": "States.StringToJson($.error.Cause)"},
+            "ResultPath": "$.error",
+            "Next": f"Keep{prefix}Message",
+        },
+        f"Keep{prefix}Message": {
+            "Type": "Pass",
+            "Parameters": {"Error.$": "$.error.Error", "Cause.$": "$.error.Cause.errorMessage"},
+            "ResultPath": "$.error",
+            "Next": then,
+        },
+    }
+
+
 def restore_command_expression() -> str:
     """RunTask override for the restore container: restore the version Validate resolved."""
     return (
@@ -212,6 +243,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             Comment=f"Checks the input and resolves the snapshot; {InvalidInputError.__name__} "
             "ends the execution before any task starts.",
             OutputPath="$.Payload",
+            Catch=_catch_to("ExplainInputFailure"),
             Next="Split",
         ),
         "Split": _lambda_task(
@@ -220,6 +252,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             Comment="Reads the input once and writes chunks to S3; the chunk list is small.",
             ResultSelector={"chunks.$": "$.Payload.chunks", "rows.$": "$.Payload.rows"},
             ResultPath="$.split",
+            Catch=_catch_to("ExplainInputFailure"),
             Next="StartTask",
         ),
         "StartTask": {
@@ -262,7 +295,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             "HeartbeatSeconds": s.heartbeat_seconds,
             "TimeoutSeconds": s.ready_timeout_seconds,
             "ResultPath": "$.task",
-            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Catch": _catch_to("ExplainFailure"),
             "Next": "QueryChunks",
         },
         "QueryChunks": {
@@ -300,7 +333,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
                 },
             },
             "ResultPath": None,
-            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Catch": _catch_to("ExplainFailure"),
             "Next": "Merge",
         },
         "Merge": _lambda_task(
@@ -313,7 +346,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
                 "errors.$": "$.Payload.errors",
             },
             ResultPath="$.result",
-            Catch=_catch_to("StopTaskAfterFailure"),
+            Catch=_catch_to("ExplainFailure"),
             Next="SaveSnapshotRequested",
         ),
         "SaveSnapshotRequested": {
@@ -333,7 +366,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             "ResultPath": "$.saved",
             "Retry": [{"ErrorEquals": LAMBDA_TRANSIENT, "IntervalSeconds": 2, "MaxAttempts": 3,
                        "BackoffRate": 2.0}],
-            "Catch": _catch_to("StopTaskAfterFailure"),
+            "Catch": _catch_to("ExplainFailure"),
             "Next": "StopTask",
         },
         **_stop_states("StopTask", "Done", on_error="StopFailed", cluster=s.cluster_arn),
@@ -356,6 +389,7 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             },
             "End": True,
         },
+        **_explain_states("Failure", "StopTaskAfterFailure"),
         **_stop_states("StopTaskAfterFailure", "Failed", on_error="Failed", cluster=s.cluster_arn),
         "Failed": {
             "Type": "Fail",
@@ -364,6 +398,15 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             "CausePath": "$.error.Cause",
         },
     }
+    states.update({
+        **_explain_states("InputFailure", "InputRefused"),
+        "InputRefused": {
+            "Type": "Fail",
+            "Comment": "The input could not be run; no task was started.",
+            "ErrorPath": "$.error.Error",
+            "CausePath": "$.error.Cause",
+        },
+    })
     definition = {
         "Comment": "ontosearch batch annotation: a snapshot-loaded Chroma task that lives for one run",
         "StartAt": "Validate",

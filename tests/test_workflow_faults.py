@@ -108,7 +108,9 @@ def test_a_chunk_whose_proxy_keeps_failing_is_retried_with_backoff_then_fails(sm
 
 
 def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, tmp_path):
-    with LocalWorkflow(ready_timeout_seconds=20, workflow_timeout_seconds=120) as flow:
+    # HeartbeatSeconds=6 while the agent waits 16 s: only its heartbeats keep the state from failing
+    # with States.HeartbeatTimeout before the agent reports why the task is not ready
+    with LocalWorkflow(ready_timeout_seconds=20, heartbeat_seconds=6, workflow_timeout_seconds=120) as flow:
         uri = start(flow, small_snapshot, tmp_path)
         # damage the published archive: restore refuses it, so chroma never starts
         key = next(k for k in flow.keys("snapshots/") if k.endswith(".tar.gz"))

@@ -9,7 +9,8 @@ Layout (the matcher and snapshot verification rely on it):
 * with `synonyms=True` (the default; the accuracy bench shows why) one more record per synonym,
   id `<term id>#s<n>`, embedding of the synonym. Synonyms whose normalised form equals the label's
   or an earlier synonym's are skipped: they would only duplicate a vector;
-* record metadata: `ontology`, `version`, `term_id`, `label`, `synonyms` (JSON list), `parents`
+* record metadata: `ontology`, `version`, `term_id`, `label`, `synonyms` (JSON list, on the
+  label record only), `parents`
   (JSON list of direct parents), `descendants` (how many terms lie below), `specific` (a
   taxon-specific term), `kind` ("label"/"synonym"),
   `text` (what was embedded), `norm` (`normalize(text)`) and `abbr`/`abbr_short` (the text's
@@ -94,7 +95,12 @@ def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dic
     for term in ontology.terms:
         base = {**_term_metadata(ontology, term), "descendants": descendants.get(term.id, 0)}
         label_norm = normalize(term.label)
-        label_meta = {**base, "kind": "label", "text": term.label, "norm": label_norm, **_abbr(term.label)}
+        # The synonym list only on the label record: repeated on every synonym record it would
+        # grow metadata (and every query's payload) with the square of a term's synonym count.
+        label_meta = {
+            **base, "synonyms": json.dumps(list(term.synonyms), ensure_ascii=False),
+            "kind": "label", "text": term.label, "norm": label_norm, **_abbr(term.label),
+        }
         yield term.id, term.label, label_meta, _document(term)
         if not synonyms:
             continue
@@ -118,7 +124,6 @@ def _term_metadata(ontology: Ontology, term: Term) -> dict[str, Any]:
         "version": ontology.version,
         "term_id": term.id,
         "label": term.label,
-        "synonyms": json.dumps(list(term.synonyms), ensure_ascii=False),
         "parents": json.dumps(list(term.parents)),
         "specific": bool(term.taxon_specific),
     }

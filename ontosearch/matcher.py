@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ontosearch.indexing import SYNONYM_ID_SEPARATOR
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys
 from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
 
@@ -51,6 +52,8 @@ SIBLING_WINDOW = 10
 # candidates to be promoted, so ask for more records than top_k.
 _OVERFETCH = 4
 _MIN_FETCH = 30
+# Nearest terms (beyond top_k) whose metadata is fetched: room for the taxon and parent rules.
+_KEEP_EXTRA = 12
 
 
 class MatcherError(ValueError):
@@ -189,13 +192,20 @@ def _match_batch(
     results: list[list[Match]] = [[] for _ in batch]
     todo = list(range(len(batch)))
     while todo:
-        answer = coll.query(
-            query_embeddings=vectors[todo], n_results=n_results, include=["metadatas", "distances"]
-        )
+        # Distances only: metadata for every returned record would dominate the query's cost.
+        answer = coll.query(query_embeddings=vectors[todo], n_results=n_results, include=["distances"])
+        nearest = {
+            index: _nearest_records(answer["ids"][row], answer["distances"][row], top_k + _KEEP_EXTRA)
+            for row, index in enumerate(todo)
+        }
+        metadata = _fetch_metadata(coll, {record_id for found in nearest.values() for record_id, _ in found})
         retry = []
         candidates = {
-            index: _vector_candidates(answer["metadatas"][row], answer["distances"][row])
-            for row, index in enumerate(todo)
+            index: _vector_candidates(
+                [metadata[record_id] for record_id, _ in found if record_id in metadata],
+                [distance for record_id, distance in found if record_id in metadata],
+            )
+            for index, found in nearest.items()
         }
         shared = {index: _shared_parent(found) for index, found in candidates.items()}
         missing = {
@@ -240,6 +250,27 @@ def _hits(coll: Any, fields: str | tuple[str, ...], keys: set[str]) -> dict[str,
         for key in {meta.get(field) for field in fields} & keys:
             hits.setdefault(key, []).append((meta, record_vector))
     return hits
+
+
+def _term_of(record_id: str) -> str:
+    return record_id.split(SYNONYM_ID_SEPARATOR, 1)[0]
+
+
+def _nearest_records(ids: list[str], distances: list[float], keep: int) -> list[tuple[str, float]]:
+    """The best record of each of the `keep` nearest terms, as (record id, distance)."""
+    best: dict[str, tuple[str, float]] = {}
+    for record_id, distance in zip(ids, distances, strict=True):
+        term_id = _term_of(record_id)
+        if term_id not in best or distance < best[term_id][1]:
+            best[term_id] = (record_id, float(distance))
+    return sorted(best.values(), key=lambda item: item[1])[:keep]
+
+
+def _fetch_metadata(coll: Any, record_ids: set[str]) -> dict[str, dict[str, Any]]:
+    if not record_ids:
+        return {}
+    got = coll.get(ids=sorted(record_ids), include=["metadatas"])
+    return dict(zip(got["ids"], got["metadatas"], strict=True))
 
 
 def _fetch_terms(coll: Any, term_ids: set[str]) -> dict[str, Hit]:

@@ -28,7 +28,7 @@ _ROMAN = {
 # Words after which a lone "i"/"v"/"x" is a numeral, not a letter ("type I", "complex V").
 _NUMBERED = {"type", "class", "grade", "stage", "group", "complex", "phase", "layer", "lamina", "factor"}
 # Endings that look plural but are not (or whose singular would collide with another word).
-_KEEP_S = ("ss", "us", "is", "ys", "os", "as", "ous", "ics", "itis", "osis", "sis")
+_KEEP_S = ("ss", "us", "is", "os", "as", "ous", "ics", "itis", "osis", "sis")
 
 # "+"/"-" after a marker name, or "pos"/"neg" glued to one ("CD4pos"); never inside plain words.
 _MARKER_POS = re.compile(r"(?<=[0-9A-Za-z])(?:\+|\(\+\))|(?<=[0-9A-Z])pos\b")
@@ -37,6 +37,10 @@ _NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
 def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith("ae"):  # vertebrae, laminae
+        return word[:-1]
+    if word.endswith("eas") and not word.endswith("creas"):  # areas, but not pancreas
+        return word[:-1]
     if len(word) <= 3 or not word.endswith("s") or word.endswith(_KEEP_S):
         return word
     if word.endswith("ies") and len(word) > 4:
@@ -72,8 +76,32 @@ def normalize(text: str) -> str:
             word = _ROMAN[word]
         elif word == "i" and out and out[-1] in _NUMBERED:
             word = "1"
-        out.append(_singular(word))
+        out.append(_british_to_us(_singular(word)))
     return " ".join(out)
+
+
+def _british_to_us(word: str) -> str:
+    # oesophagus/esophagus, caecum/cecum, leukaemia/leukemia, coeliac/celiac, tumour/tumor
+    word = word.replace("ae", "e").replace("oe", "e")
+    return word[:-3] + "or" if word.endswith("our") and len(word) > 5 else word
+
+
+# Latin plurals of a head noun, tried as alternatives: one rule cannot tell "testes" (testis)
+# from "bases" (base), but the wrong alternative simply finds nothing.
+_LATIN_PLURALS = (("ices", "ex"), ("ices", "ix"), ("es", "is"), ("i", "us"), ("a", "um"), ("a", "on"))
+
+
+def latin_singulars(text: str) -> list[str]:
+    """The text with its last word turned from a Latin plural into candidate singulars."""
+    words = text.split()
+    if not words or len(words[-1]) < 5:
+        return []
+    head = words[-1]
+    out = []
+    for plural, singular in _LATIN_PLURALS:
+        if head.lower().endswith(plural):
+            out.append(" ".join(words[:-1] + [head[: -len(plural)] + singular]))
+    return out
 
 
 def uninvert(text: str) -> str | None:
@@ -103,6 +131,8 @@ def query_keys(text: str, cell_suffix: bool = False) -> list[str]:
         bases.append(normalize(inverted))
     for base in bases:
         add(base)
+    for variant in latin_singulars(inverted or text):
+        add(normalize(variant))
     if not cell_suffix:
         return keys
     for base in bases:

@@ -88,3 +88,27 @@ def test_initialisms_of_names() -> None:
 )
 def test_abbreviation_key_only_for_single_short_tokens(label: str, key: str | None) -> None:
     assert abbreviation_key(label) == key
+
+
+@pytest.mark.parametrize(
+    ("british", "american"),
+    [
+        ("oesophagus", "esophagus"),
+        ("caecum", "cecum"),
+        ("acute lymphoblastic leukaemia", "acute lymphoblastic leukemia"),
+        ("coeliac disease", "celiac disease"),
+        ("brain tumours", "brain tumor"),
+        ("haematopoietic stem cell", "hematopoietic stem cell"),
+    ],
+)
+def test_british_and_american_spellings_share_a_key(british: str, american: str) -> None:
+    assert normalize(british) == normalize(american)
+
+
+@pytest.mark.parametrize(
+    ("plural", "singular"),
+    [("glomeruli", "glomerulus"), ("testes", "testis"), ("bronchi", "bronchus"), ("ganglia", "ganglion"),
+     ("vertebrae", "vertebra"), ("kidneys", "kidney"), ("cortices", "cortex")],
+)
+def test_latin_and_irregular_plurals_reach_the_singular_key(plural: str, singular: str) -> None:
+    assert normalize(singular) in query_keys(plural)

@@ -291,6 +291,7 @@ def markdown(results: dict[str, Any]) -> str:
                 out.append(
                     f"| {row['compression']} | {_fmt(row['persist_mb'], 1)} | {_fmt(row['archive_mb'], 1)} | "
                     f"{_fmt(row['ratio'], 3)} | {_fmt(row['pack_s'])} | {_fmt(row['unpack_s'])} |"
+                    f"{' ' + row['note'] if row.get('note') else ''}"
                 )
         for name, estimate in cold.get("fargate", {}).items():
             out += ["", f"Fargate cold-start estimate ({name}): {estimate['arithmetic']}."]

@@ -9,8 +9,8 @@ token never changes data, nothing is a 5xx, and the data is unchanged at the end
 And "the token never appears in any log line" for the processes that handle it besides the proxy
 (whose own log test is in test_proxy_auth.py): `serve` (its output, Chroma's log and nginx's logs
 while it runs), `loadtest`, and the batch workflow run locally (the runner's output, the Lambda
-handlers' logging, the task agent's and restore's logs, the execution result), including a run whose
-query Lambda holds a wrong token.
+handlers' logging, the task agent's and restore's logs, the execution result), and the errors the
+query step and connect() raise for a wrong token.
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ def _workflow_logs(flow_dir: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_workflow_and_lambdas_never_log_a_token(small_snapshot: Path, tmp_path: Path, capfd, caplog) -> None:
-    """A successful execution and one whose query Lambda holds a wrong token: the runner's output, the
-    Lambdas' logging, the task agent's and restore's logs, and the execution result carry no token."""
+    """A whole execution: the runner's output, the Lambdas' logging, the task agent's and restore's logs,
+    the execution's events and result carry neither token."""
     import logging
 
     import boto3
@@ -246,26 +246,45 @@ def test_workflow_and_lambdas_never_log_a_token(small_snapshot: Path, tmp_path: 
     caplog.set_level(logging.INFO)
     labels = tmp_path / "labels.txt"
     labels.write_text("T cell\nhepatocytes\n\nB cells\n")
-    wrong = "WrongLambdaToken0123456789abcdefXY"
-    texts: dict[str, str] = {}
-    tokens: list[str] = [wrong]
-    for case, lambda_token in (("ok", None), ("wrong-token", wrong)):
-        flow_dir = tmp_path / case
-        with LocalWorkflow(workdir=flow_dir, chunk_size=2, lambda_token=lambda_token,
-                           progress=lambda m: print(f"workflow: {m}")) as flow:
-            flow.publish_snapshot(small_snapshot)
-            secrets = boto3.client("secretsmanager")
-            tokens += [secrets.get_secret_value(SecretId=arn)["SecretString"]
-                       for arn in (flow.read_secret_arn, flow.admin_secret_arn)]
-            run = flow.run({"input": flow.upload_input(labels), "ontology": "cl", "top_k": 2})
-            texts[f"{case}/result"] = json.dumps(run.result()) + json.dumps(run.events)
-        texts.update({f"{case}/{name}": text for name, text in _workflow_logs(flow_dir).items()})
-        assert run.status == ("SUCCEEDED" if lambda_token is None else "FAILED"), run.result()
-        if lambda_token is not None:
-            assert "401" in (run.cause or "") or "token" in (run.cause or "").lower(), run.cause
+    flow_dir = tmp_path / "flow"
+    with LocalWorkflow(workdir=flow_dir, chunk_size=2, progress=lambda m: print(f"workflow: {m}")) as flow:
+        flow.publish_snapshot(small_snapshot)
+        secrets = boto3.client("secretsmanager")
+        tokens = [secrets.get_secret_value(SecretId=arn)["SecretString"]
+                  for arn in (flow.read_secret_arn, flow.admin_secret_arn)]
+        run = flow.run({"input": flow.upload_input(labels), "ontology": "cl", "top_k": 2})
+    assert run.status == "SUCCEEDED", run.result()
+    texts = {f"flow/{name}": text for name, text in _workflow_logs(flow_dir).items()}
+    texts["result"] = json.dumps(run.result()) + json.dumps(run.events)
     out, err = capfd.readouterr()
     texts["stdout"], texts["stderr"], texts["logging"] = out, err, caplog.text
-    assert any("task-agent.log" in name for name in texts)
+    assert any("task-agent.log" in name for name in texts) and "state QueryChunk" in out
     for name, text in texts.items():
         for token in tokens:
             assert token.lower() not in text.lower(), f"a token appears in {name}"
+
+
+def test_a_refused_token_is_not_echoed_in_errors(target: Target, caplog) -> None:
+    """What the query Lambda and connect() raise for a wrong token (it ends up in an execution's cause or
+    on a user's screen) names the problem, not the token."""
+    import logging
+
+    from ontosearch.connect import connect
+    from ontosearch.workflow import chroma_access
+    from ontosearch.workflow.errors import ChromaAuthError
+
+    caplog.set_level(logging.DEBUG)
+    url = f"http://127.0.0.1:{target.port}"
+    wrong = READ[:-1] + ("x" if READ[-1] != "x" else "y")
+    messages = []
+    with pytest.raises(ChromaAuthError) as refused:
+        chroma_access.client_for(url, wrong)
+    messages.append(str(refused.value))
+    with pytest.raises(Exception) as refused_connect:  # noqa: B017 - any error type, checked by message
+        connect(url=url, token=wrong)
+    messages.append(str(refused_connect.value))
+    assert "401" in messages[0]
+    assert "401" in messages[1] or "refused" in messages[1].lower(), messages[1]
+    for text in [*messages, caplog.text]:
+        for token in (wrong, READ, ADMIN):
+            assert token.lower() not in text.lower()

@@ -380,7 +380,7 @@ def output_units(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(data=any_bytes, fmt=st.sampled_from(["txt", "csv", "tsv", "jsonl"]), top_k=st.integers(1, 3))
 def test_annotate_accounts_for_every_input_row(small_snapshot: Path, annotate_cache: Path, tmp_path: Path,

@@ -187,7 +187,9 @@ def initialisms(text: str) -> tuple[str, str]:
 def abbreviation_key(text: str) -> str | None:
     """The abbreviation a user label may be ("OPCs" -> "opc", "MAIT cells" -> "mait"), or None.
 
-    Only a single short token (after dropping plurals and a trailing "cell") counts.
+    Only a single short token (after dropping plurals and a trailing "cell") that is written like
+    an abbreviation counts: two capitals ("OPC"), letters and digits ("T2D") or no vowel ("Tfh").
+    Plain words ("skin", "flu") are not initialisms, whatever letters they share with one.
     """
     words = normalize(text).split()
     if len(words) == 2 and words[-1] == "cell":
@@ -197,4 +199,11 @@ def abbreviation_key(text: str) -> str | None:
     token = words[0]
     if not (INITIALISM_MIN <= len(token) <= 6) or not any(ch.isalpha() for ch in token):
         return None
-    return token
+    raw = re.sub(r"(?<=[A-Z0-9])s$", "", text.split()[0])
+    letters = [ch for ch in raw if ch.isalpha()]
+    written_as_abbreviation = (
+        sum(ch.isupper() for ch in letters) >= 2
+        or any(ch.isdigit() for ch in raw)
+        or not any(ch.lower() in "aeiouy" for ch in letters)
+    )
+    return token if written_as_abbreviation else None

@@ -83,8 +83,9 @@ def test_initialisms_of_names() -> None:
 
 @pytest.mark.parametrize(
     ("label", "key"),
-    [("OPCs", "opc"), ("MAIT cells", "mait"), ("COPD", "copd"), ("T2D", "t2d"), ("B cells", None),
-     ("lung adenocarcinoma", None), ("X", None)],
+    [("OPCs", "opc"), ("MAIT cells", "mait"), ("COPD", "copd"), ("T2D", "t2d"), ("Tfh cells", "tfh"),
+     ("B cells", None), ("lung adenocarcinoma", None), ("X", None), ("skin", None), ("flu", None),
+     ("Tregs", None)],
 )
 def test_abbreviation_key_only_for_single_short_tokens(label: str, key: str | None) -> None:
     assert abbreviation_key(label) == key

@@ -317,3 +317,63 @@ def test_custom_prefix_keeps_its_own_pointer_and_versions(s3, snapshot_pair, tmp
         restore_from_s3(BUCKET, "latest", tmp_path / "default", s3=s3, log=_quiet)
     restored = restore_from_s3(BUCKET, "latest", tmp_path / "data", prefix="team/snaps", s3=s3, log=_quiet)
     assert restored.version == result.version
+
+
+def test_task_restore_command_against_an_s3_endpoint(snapshot_pair, tmp_path, monkeypatch):
+    """The restore container's exact command in a fresh interpreter, S3 served by a moto server
+    (AWS_ENDPOINT_URL): it restores LATEST, imports no chromadb/numpy/torch, and on a corrupt
+    archive exits 1 with one line and nothing restored."""
+    import os
+    import subprocess
+    import sys
+
+    from moto.server import ThreadedMotoServer
+
+    from ontosearch.chroma_process import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        env.pop("AWS_PROFILE", None)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+            monkeypatch.setenv(name, env[name])
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        version = publish_snapshot(snapshot_pair[0], BUCKET, s3=client, log=_quiet, now=T0).version
+        script = (
+            "import sys\n"
+            "from ontosearch.__main__ import main\n"
+            "code = main(sys.argv[1:])\n"
+            "heavy = sorted(m for m in ('chromadb', 'numpy', 'torch', 'pulumi') if m in sys.modules)\n"
+            "print('heavy', heavy)\n"
+            "sys.exit(code)\n"
+        )
+        repo = Path(__file__).resolve().parents[1]
+
+        def run(target: Path) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-c", script, "restore-snapshot", "--bucket", BUCKET, "--version", "latest",
+                 "--into", str(target)],
+                capture_output=True, text=True, timeout=120, cwd=repo, env=env,
+            )
+
+        ok = run(tmp_path / "data")
+        assert ok.returncode == 0, ok.stderr
+        assert "heavy []" in ok.stdout
+        assert read_restored_manifest(tmp_path / "data").version == version
+
+        key = f"{SNAPSHOT_PREFIX}/{version}/persist.tar.gz"
+        body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[1000] ^= 0x01
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+        bad = run(tmp_path / "bad")
+        assert bad.returncode == 1
+        lines = bad.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"restore-snapshot: snapshot {version}: archive persist.tar.gz has")
+        assert not any(line.startswith("Traceback") for line in lines)
+        _assert_nothing_restored(tmp_path / "bad")
+    finally:
+        server.stop()

@@ -192,6 +192,14 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def _build_note(build: dict[str, Any]) -> str:
+    if not build.get("note"):
+        return ""
+    load = build.get("load_before")
+    shown = "/".join(f"{x:.1f}" for x in load) if isinstance(load, (list, tuple)) else "unknown"
+    return f" ({build['note']}; load average then {shown})"
+
+
 def _short(command: str) -> str:
     """A command line without the run's temporary directories."""
     return re.sub(r"(/[^\s/]+)*/([^\s/]+)", r"\2", command)
@@ -339,9 +347,10 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "## Snapshot build",
             "",
-            f"`{build.get('command')}`: {_fmt(build.get('wall_s'), 1)} s, "
-            f"peak RSS {_fmt(build.get('peak_rss_mb'), 0)} MB"
-            f"{'; ' + build['error'] if 'error' in build else ''}.",
+            f"`{_short(str(build.get('command')))}`: {_fmt(build.get('wall_s'), 1)} s wall, "
+            f"{_fmt(build.get('cpu_s'), 0)} CPU-s, peak RSS {_fmt(build.get('peak_rss_mb'), 0)} MB"
+            f"{'; ' + build['error'] if 'error' in build else ''}"
+            f"{_build_note(build)}.",
         ]
     accuracy = results.get("accuracy")
     if accuracy and accuracy.get("rows"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         "--snapshot",
         help="use this three-ontology snapshot directory instead of building one "
         "(the build is then not timed)",
+    )
+    parser.add_argument(
+        "--snapshot-build",
+        help="with --snapshot: the JSON record of how that snapshot's build was timed (written by "
+        "ontosearch.bench.annotation.timed_build), reported as the snapshot build section",
     )
     parser.add_argument(
         "--vectors",
@@ -278,6 +284,10 @@ class Bench:
 
         if self.args.snapshot:
             snapshot_dir = Path(self.args.snapshot)
+            if self.args.snapshot_build:
+                record = json.loads(Path(self.args.snapshot_build).read_text())
+                record["note"] = "timed when the snapshot was built, before this run"
+                self.results["snapshot_build"] = record
         else:
             snapshot_dir = self.work / "ontologies-snapshot"
             _log("building the three-ontology snapshot (build-snapshot, timed)")

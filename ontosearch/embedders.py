@@ -6,8 +6,8 @@ both sides come from the same model, pooling and normalisation. Every embedder:
 - returns float32, L2-normalised rows, so cosine similarity is a dot product;
 - embeds each distinct text once per call, and remembers recent vectors across calls (annotation input
   repeats itself, also across the chunks a large file is read in);
-- tokenizes everything first and batches texts of equal token length together, so batches carry no
-  padding (the largest single win on short labels);
+- tokenizes everything first and batches texts of similar token length together, so batches carry
+  little padding (the largest single win on short labels);
 - never downloads: models come from a package (MiniLM), a local Hugging Face cache or a local directory.
 
 The default model (all-MiniLM-L6-v2) has two backends that give the same vectors: torch, and an ONNX
@@ -221,8 +221,7 @@ class TransformerEmbedder(Embedder):
         self.max_length = max_length
         self.batch_size = batch_size
         self.model_dir = Path(model_dir)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.tokenizer = load_tokenizer(self.model_dir, max_length)
 
     @abstractmethod
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
@@ -230,21 +229,18 @@ class TransformerEmbedder(Embedder):
         """Last hidden state, float32 (batch, tokens, hidden)."""
 
     def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]
+        encoded = self.tokenizer.encode(texts)
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         start = 0
         while start < len(order):
-            # Texts of one length (or close to it) per batch: little or no padding to compute on.
+            # Texts sorted by token count: a batch pads only to its own longest text.
             longest = int(lengths[order[min(len(order), start + self.batch_size) - 1]])
             size = max(1, min(self.batch_size, TOKEN_BUDGET // max(1, longest)))
             idx = order[start:start + size]
             width = int(lengths[idx[-1]])
-            ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            ids = np.full((len(idx), width), self.tokenizer.pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for row, i in enumerate(idx):
                 n = int(lengths[i])
@@ -258,14 +254,46 @@ class TransformerEmbedder(Embedder):
         return out
 
 
-def load_tokenizer(model_dir: Path) -> Any:
-    """The fast (Rust) tokenizer stored with a model."""
-    from transformers import AutoTokenizer
+class Tokenizer:
+    """Token ids of texts, truncated to `max_length`, special tokens added, no padding.
 
-    try:
-        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
-        raise EmbedderError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
+    Reads the model's tokenizer.json with the `tokenizers` library when there is one, so the ONNX path
+    never imports transformers (seconds of start-up, which a Lambda cold start pays); falls back to
+    transformers' AutoTokenizer for a model directory with only a vocab.txt.
+    """
+
+    def __init__(self, model_dir: Path, max_length: int) -> None:
+        self.max_length = max_length
+        path = model_dir / "tokenizer.json"
+        try:
+            if path.is_file():
+                from tokenizers import Tokenizer as RustTokenizer
+
+                self._rust = RustTokenizer.from_file(str(path))
+                self._rust.no_padding()
+                self._rust.enable_truncation(max_length)
+                self._auto = None
+                pad = self._rust.token_to_id("[PAD]")
+            else:
+                from transformers import AutoTokenizer
+
+                self._rust = None
+                self._auto = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+                pad = self._auto.pad_token_id
+        except Exception as exc:  # noqa: BLE001 - re-raised with the directory named
+            raise EmbedderError(f"cannot load a tokenizer from {model_dir}: {exc}") from exc
+        self.pad_id = int(pad or 0)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if self._rust is not None:
+            return [e.ids for e in self._rust.encode_batch(texts)]
+        return self._auto(texts, truncation=True, max_length=self.max_length, padding=False,
+                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+def load_tokenizer(model_dir: Path, max_length: int = 512) -> Tokenizer:
+    """The tokenizer stored with a model."""
+    return Tokenizer(model_dir, max_length)
 
 
 def _load_torch_model(model_dir: Path) -> Any:

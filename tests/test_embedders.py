@@ -8,6 +8,7 @@ temp dir), so the production SapBERT loading, CLS pooling and normalisation run 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +304,22 @@ def test_sapbert_by_name_resolves_from_the_local_hf_cache(isolated: pytest.Monke
     np.testing.assert_allclose(embedder.embed(TINY_TEXTS),
                                _manual_cls(repo / "snapshots" / commit, TINY_TEXTS), atol=1e-5)
 
+
+
+def test_onnx_path_starts_without_torch_or_transformers(isolated: pytest.MonkeyPatch,
+                                                      onnx_cache: Path) -> None:
+    """Once exported, the default embedder loads with onnxruntime + tokenizers only (fast cold starts)."""
+    import subprocess
+    import sys
+
+    isolated.setenv(embedders.ENV_BACKEND, "onnx")
+    get_embedder()  # the export exists from here on
+    code = (
+        "import sys; from ontosearch.embedders import get_embedder; e = get_embedder(); "
+        "v = e.embed(['hepatocytes']); "
+        "print(type(e).__name__, v.shape[1], 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    env = {**os.environ, embedders.ENV_CACHE_DIR: str(onnx_cache), embedders.ENV_BACKEND: "auto"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    assert out == ["OnnxEmbedder", "384", "False", "False"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 from snapshot_fixtures import make_snapshot
@@ -375,7 +375,8 @@ def annotate_cache(small_snapshot: Path, tmp_path_factory: pytest.TempPathFactor
 
 def output_units(path: Path) -> list[dict[str, str]]:
     """One entry per input row: its first output line (rank 1, or its error / no_match line)."""
-    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
     return [r for r in rows if r["status"] != "ok" or r["rank"] == "1"]
 
 
@@ -408,6 +409,22 @@ def test_annotate_accounts_for_every_input_row(small_snapshot: Path, annotate_ca
         assert unit["status"] == ("error" if error else unit["status"])
         if error is None:
             assert unit["status"] in {"ok", "no_match"}
-    lines = csv.DictReader(io.StringIO(output.read_text(encoding="utf-8")))
-    ok_lines = [r for r in lines if r["status"] == "ok"]
+    with open(output, encoding="utf-8", newline="") as handle:
+        ok_lines = [r for r in csv.DictReader(handle) if r["status"] == "ok"]
     assert all(1 <= int(r["rank"]) <= top_k and 0.0 <= float(r["score"]) <= 1.0 for r in ok_lines)
+
+
+csv_tricky_text = st.text(alphabet=st.one_of(st.sampled_from("\r\n,\"\t x"),
+                                            st.characters(blacklist_categories=["Cs"])), max_size=20)
+
+
+@PROPERTY_SETTINGS
+@given(labels=st.lists(csv_tricky_text, max_size=10))
+@example(labels=["a\rb", "c\nd", "e\r\nf", '"g"'])
+def test_result_csv_reads_back_one_line_per_row_whatever_the_label_text(labels: list[str]) -> None:
+    """Labels from .csv quoted fields or .jsonl strings may hold CR or LF; the output must still parse
+    back into exactly one line per input row, echoing the label."""
+    out = io.StringIO()
+    label_io.write_rows(out, ((i + 1, label, None, []) for i, label in enumerate(labels)), ontology="cl")
+    read_back = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert [r["input"] for r in read_back] == labels

@@ -359,9 +359,13 @@ def test_bad_execution_input_fails_the_execution_with_a_cause_not_a_traceback(sm
 @pytest.fixture(scope="module")
 def annotate_cache(small_snapshot: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private cache dir (the snapshot is restored into it once) for in-process annotate runs."""
-    from ontosearch.embedders import ENV_CACHE_DIR
+    from ontosearch.embedders import ENV_CACHE_DIR, cache_dir
 
     cache = tmp_path_factory.mktemp("annotate-cache")
+    # Reuse the embedder's ONNX export if this machine has one (made once per user, read-only here).
+    exported = cache_dir() / "onnx"
+    if exported.is_dir():
+        (cache / "onnx").symlink_to(exported, target_is_directory=True)
     saved = os.environ.get(ENV_CACHE_DIR)
     os.environ[ENV_CACHE_DIR] = str(cache)
     try:
@@ -384,6 +388,8 @@ def output_units(path: Path) -> list[dict[str, str]]:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(data=any_bytes, fmt=st.sampled_from(["txt", "csv", "tsv", "jsonl"]), top_k=st.integers(1, 3))
+@example(data=b'label\n"T\rcell"\nB cell\n', fmt="csv", top_k=2)
+@example(data=b'{"label": "T\\rcell"}\n', fmt="jsonl", top_k=1)
 def test_annotate_accounts_for_every_input_row(small_snapshot: Path, annotate_cache: Path, tmp_path: Path,
                                                data: bytes, fmt: str, top_k: int) -> None:
     from ontosearch import annotate

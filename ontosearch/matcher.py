@@ -37,8 +37,9 @@ DEFAULT_BATCH_SIZE = 256
 EXACT_SCORE = 1.0
 ABBREVIATION_SCORE = 0.9
 # Among terms an initialism fits, one with subtypes is likelier meant; beyond a few it stops
-# mattering (else near-root classes would win every tie).
-ABBREVIATION_GENERALITY_CAP = 10
+# mattering (else near-root classes would win every tie). 3 was best of 0/3/10/unlimited on the
+# held-out sets, by one label each in CL and MONDO: a weak preference, not a tuned optimum.
+ABBREVIATION_GENERALITY_CAP = 3
 # A taxon-specific term ranks as if this much less similar (a general term wins a near tie).
 SPECIFIC_PENALTY = 0.05
 # A parent moves above its child when its similarity is at most this much lower.

@@ -205,7 +205,7 @@ def run_load(
     target: Target,
     concurrency: int = 32,
     duration: float = 60.0,
-    timeout: float = 2.0,
+    timeout: float = 5.0,
     n_results: int = 10,
     stop: threading.Event | None = None,
 ) -> LoadResult:
@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {ENV_TOKEN}); the token itself is never printed")
     parser.add_argument("--collection", help="collection name or id (default: the first non-empty one)")
     parser.add_argument("--n-results", type=int, default=10, help="results per query (default 10)")
-    parser.add_argument("--timeout", type=float, default=2.0,
-                        help="per-request timeout in seconds (default 2)")
+    parser.add_argument("--timeout", type=float, default=5.0,
+                        help="per-request timeout in seconds (default 5); a slower answer counts as an error")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --url")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line instead")
     return parser

@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +41,8 @@ MAX_TOP_K = 100
 DEFAULT_CHUNK_ROWS = 4096
 # After this many chunks in a row fail on the server, stop trying and mark the remaining rows.
 MAX_FAILED_CHUNKS = 3
+# Name prefix of a collection still being built (find_collection only looks at `<ontology>_*`).
+STAGING_PREFIX = "building-"
 
 
 class AnnotateError(RuntimeError):
@@ -130,9 +134,13 @@ def _default_path() -> Path:
 
 
 def build_local(client: Any, ontology: str, embedder_name: str | None, progress: bool) -> None:
-    """First use: index the packaged ontology into the embedded store."""
+    """First use: index the packaged ontology into the embedded store.
+
+    The collection is filled under a staging name and renamed when complete, so a build that is
+    interrupted never leaves a half-filled collection that later runs would take for the real one.
+    """
     from ontosearch.embedders import get_embedder
-    from ontosearch.indexing import index_ontology
+    from ontosearch.indexing import collection_name, index_ontology
     from ontosearch.ontologies import load_ontology
 
     started = time.monotonic()
@@ -140,9 +148,12 @@ def build_local(client: Any, ontology: str, embedder_name: str | None, progress:
     _err(f"annotate: first use of {ontology}: building the local index of {onto.name} {onto.version} "
          f"({len(onto.terms)} terms); later runs reuse it")
     embedder = get_embedder(embedder_name)
-    entry = index_ontology(client, onto, embedder, progress=progress)
+    final = collection_name(onto.name, onto.version)
+    staging = STAGING_PREFIX + final
+    entry = index_ontology(client, onto, embedder, progress=progress, name=staging)
+    client.get_collection(staging, embedding_function=None).modify(name=final)
     took = time.monotonic() - started
-    _err(f"annotate: built {entry['name']} ({entry['records']} vectors) in {took:.0f} s")
+    _err(f"annotate: built {final} ({entry['records']} vectors) in {took:.0f} s")
 
 
 @contextmanager
@@ -221,8 +232,16 @@ def annotate_stream(
     return failed
 
 
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a container stop, `kill`) cleans up like Ctrl-C: no temp file left behind.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return run(args)
     except (AnnotateError, LabelFileError) as exc:
@@ -231,6 +250,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         _err("annotate: interrupted; no output written")
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,8 +10,10 @@ import csv
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 from ontosearch import annotate, constants
 from ontosearch.chroma_process import ChromaServer
 from ontosearch.embedders import get_embedder
-from ontosearch.indexing import index_ontology
+from ontosearch.indexing import collection_name, count_records, index_ontology
 from ontosearch.label_io import RESULT_COLUMNS, ResultWriter
 from ontosearch.ontologies import Ontology, load_ontology
 
@@ -228,15 +230,53 @@ def test_first_use_builds_the_local_index_then_reuses_it(
     labels = tmp_path / "l.txt"
     labels.write_text("hepatocytes\n")
     args = ["--input", str(labels), "--ontology", "cl", "--output", str(tmp_path / "o.csv")]
+    # What an interrupted earlier build leaves: a half-filled staging collection, never used.
+    client = chromadb.PersistentClient(path=str(tmp_path / "fresh-store"))
+    staging = annotate.STAGING_PREFIX + collection_name("cl", subset.version)
+    partial = client.create_collection(staging, embedding_function=None)
+    partial.add(ids=["CL:0000001"], embeddings=[[1.0] + [0.0] * 383])
 
     code, _, err = run(args, capsys)
     assert code == 0
     assert "first use of cl: building the local index" in err
     assert re.search(r"built cl_\S+ \(\d+ vectors\)", err)
     assert read_output(tmp_path / "o.csv")[0]["term_id"] == "CL:0000182"
+    names = sorted(c.name for c in client.list_collections())
+    assert names == [collection_name("cl", subset.version)]
+    assert client.get_collection(names[0]).count() == count_records(subset)
 
     code, _, err = run(args, capsys)
     assert code == 0 and "first use" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_no_output_and_no_temp_file(local: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "many.txt"
+    labels.write_text("".join(f"cell type number {i}\n" for i in range(200_000)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ontosearch", "annotate", "--input", str(labels), "--ontology", "cl",
+         "--output", str(out_dir / "o.csv"), "--chunk-rows", "64"],
+        cwd=REPO, env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run has started matching once this line is out
+            if line.startswith("annotate: ") and " against " in line:
+                break
+        deadline = time.monotonic() + 120
+        while not any(out_dir.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert "interrupted; no output written" in err
+    assert list(out_dir.iterdir()) == []
 
 
 @pytest.mark.slow

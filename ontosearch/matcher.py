@@ -157,7 +157,10 @@ def match(
         client = connect()
     coll = find_collection(client, ontology, collection)
     embedder = check_embedder(coll, embedder)
-    cell_suffix = (coll.metadata or {}).get("ontology") == "cl"
+    suffixes = {
+        "cell_suffix": (coll.metadata or {}).get("ontology") == "cl",
+        "disease_suffix": (coll.metadata or {}).get("ontology") == "mondo",
+    }
 
     unique: dict[str, list[Match]] = {}
     for label in labels:
@@ -169,17 +172,17 @@ def match(
     total = coll.count()
     for start in range(0, len(pending), batch_size):
         batch = pending[start:start + batch_size]
-        found_all = _match_batch(coll, embedder, batch, top_k, total, cell_suffix, exact)
+        found_all = _match_batch(coll, embedder, batch, top_k, total, suffixes, exact)
         for label, found in zip(batch, found_all, strict=True):
             unique[label] = found
     return [list(unique.get(label, [])) if label.strip() else [] for label in labels]
 
 
 def _match_batch(
-    coll: Any, embedder: Any, batch: list[str], top_k: int, total: int, cell_suffix: bool, exact: bool
+    coll: Any, embedder: Any, batch: list[str], top_k: int, total: int, suffixes: dict[str, bool], exact: bool
 ) -> list[list[Match]]:
     vectors = np.asarray(embedder.embed([embedding_text(label) for label in batch]), dtype=np.float32)
-    keys = [query_keys(label, cell_suffix=cell_suffix) for label in batch] if exact else [[] for _ in batch]
+    keys = [query_keys(label, **suffixes) for label in batch] if exact else [[] for _ in batch]
     hits = _hits(coll, "norm", {key for per_label in keys for key in per_label})
     abbreviations: list[str | None] = [None] * len(batch)
     if exact and int((coll.metadata or {}).get("layout", 1)) >= 2:

@@ -112,12 +112,12 @@ def uninvert(text: str) -> str | None:
     return f"{parts[1]} {parts[0]}"
 
 
-def query_keys(text: str, cell_suffix: bool = False) -> list[str]:
+def query_keys(text: str, cell_suffix: bool = False, disease_suffix: bool = False) -> list[str]:
     """Lookup keys to try for a user label, most literal first.
 
     The label itself and its comma inversion undone; with `cell_suffix` (cell types) also with a
     trailing "cell(s)" dropped or added: "hepatocyte cells" is "hepatocyte", "Schwann" may mean
-    "Schwann cell".
+    "Schwann cell"; with `disease_suffix` a bare eponym ("Alzheimer's") also as "... disease".
     """
     keys: list[str] = []
 
@@ -133,6 +133,8 @@ def query_keys(text: str, cell_suffix: bool = False) -> list[str]:
         add(base)
     for variant in latin_singulars(inverted or text):
         add(normalize(variant))
+    if disease_suffix and re.search(r"['’]s\s*$", text):
+        add(normalize(text + " disease"))  # "Alzheimer's" is Alzheimer's disease
     if not cell_suffix:
         return keys
     for base in bases:

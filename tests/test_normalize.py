@@ -113,3 +113,9 @@ def test_british_and_american_spellings_share_a_key(british: str, american: str)
 )
 def test_latin_and_irregular_plurals_reach_the_singular_key(plural: str, singular: str) -> None:
     assert normalize(singular) in query_keys(plural)
+
+
+def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
+    assert "alzheimer disease" in query_keys("Alzheimer's", disease_suffix=True)
+    assert "alzheimer disease" not in query_keys("Alzheimer's")
+    assert query_keys("Crohn's disease", disease_suffix=True) == ["crohn disease"]

@@ -255,12 +255,14 @@ def markdown(results: dict[str, Any]) -> str:
             )
         out += [
             "",
-            "| batched (one request) | batch | median request ms | per label ms | labels/s |",
-            "|---|---:|---:|---:|---:|",
+            "| batched (one request, best of the repeats) | batch | best request ms | median request ms "
+            "| per label ms | labels/s |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for path, b in dataset.get("batched", {}).items():
             out.append(
-                f"| {path} | {b['batch']} | {_fmt(b['median_request_ms'], 1)} | {_fmt(b['per_label_ms'], 3)} "
+                f"| {path} | {b['batch']} | {_fmt(b.get('best_request_ms'), 1)} | "
+                f"{_fmt(b['median_request_ms'], 1)} | {_fmt(b['per_label_ms'], 3)} "
                 f"| {_fmt(b['labels_per_s'], 0)} |"
             )
         out += [

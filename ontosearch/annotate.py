@@ -282,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
         embedder = check_embedder(collection, None)
     except MatcherError as exc:
         raise AnnotateError(str(exc)) from None
+    if args.embedder and args.embedder != embedder.name:
+        _err(f"annotate: note: {collection.name} was built with {embedder.name}, which its queries must use; "
+             f"--embedder {args.embedder} only applies when a first use builds the index")
     if progress:
         _err(f"annotate: {args.input} against {collection.name} ({where}), embedder {embedder.name}")
 

@@ -274,11 +274,20 @@ class ResultWriter:
     """Writes result rows as CSV and counts them; one instance per output file."""
 
     def __init__(self, handle: IO[str], ontology: str = "", header: bool = True) -> None:
-        self._writer = csv.writer(handle, lineterminator="\n")
+        self._minimal = csv.writer(handle, lineterminator="\n")
+        # The csv module quotes only the delimiter, the quote character and the line terminator's
+        # characters; a bare CR in a label would split its row when read back, so such rows are quoted.
+        self._quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.ontology = ontology
         self.counts = {"rows": 0, "annotated": 0, "errors": 0, "no_match": 0}
         if header:
-            self._writer.writerow(RESULT_COLUMNS)
+            self._minimal.writerow(RESULT_COLUMNS)
+
+    def _writerows(self, lines: list[list[Any]]) -> None:
+        if any("\r" in str(field) for line in lines for field in line):
+            self._quoted.writerows(lines)
+        else:
+            self._minimal.writerows(lines)
 
     def write(self, row: int, label: str | None, error: str | None, matches: Iterable[Any] = ()) -> None:
         """All output lines of one input row: one per match, or one error / no_match line."""
@@ -286,7 +295,7 @@ class ResultWriter:
         self.counts["rows"] += 1
         if error is not None:
             self.counts["errors"] += 1
-            self._writer.writerow([text, self.ontology, "", "", "", "", STATUS_ERROR, error])
+            self._writerows([[text, self.ontology, "", "", "", "", STATUS_ERROR, error]])
             return
         lines = [
             [
@@ -303,10 +312,10 @@ class ResultWriter:
         ]
         if not lines:
             self.counts["no_match"] += 1
-            self._writer.writerow([text, self.ontology, "", "", "", "", STATUS_NO_MATCH, "no term found"])
+            self._writerows([[text, self.ontology, "", "", "", "", STATUS_NO_MATCH, "no term found"]])
             return
         self.counts["annotated"] += 1
-        self._writer.writerows(lines)
+        self._writerows(lines)
 
 
 def write_rows(

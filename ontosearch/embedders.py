@@ -46,6 +46,8 @@ POOLINGS = ("mean", "cls")
 # Texts per forward pass, and padded tokens per pass for long texts.
 DEFAULT_BATCH_SIZE = 128
 TOKEN_BUDGET = 8192
+# Texts a batch holds before it may end where the token count changes (see `_batches`).
+MIN_BATCH = 32
 # Show a progress bar only when a run is long enough for one to help.
 PROGRESS_MIN_TEXTS = 2000
 # Vectors remembered across calls, per embedder.
@@ -233,12 +235,7 @@ class TransformerEmbedder(Embedder):
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        start = 0
-        while start < len(order):
-            # Texts sorted by token count: a batch pads only to its own longest text.
-            longest = int(lengths[order[min(len(order), start + self.batch_size) - 1]])
-            size = max(1, min(self.batch_size, TOKEN_BUDGET // max(1, longest)))
-            idx = order[start:start + size]
+        for idx in self._batches(lengths[order], order):
             width = int(lengths[idx[-1]])
             ids = np.full((len(idx), width), self.tokenizer.pad_id, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -250,8 +247,30 @@ class TransformerEmbedder(Embedder):
             out[idx] = _pool(hidden, mask, self.pooling)
             if bar is not None:
                 bar.update(len(idx))
-            start += len(idx)
         return out
+
+    def _batches(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
+        """Split texts sorted by token count into batches that carry little padding.
+
+        A batch ends at `batch_size` texts or `TOKEN_BUDGET` padded tokens, and also where the token
+        count changes once it holds `MIN_BATCH` texts: padding a short text to a longer one costs the
+        same compute as a real token, and a few hundred labels spread over many lengths.
+        """
+        batches = []
+        start = 0
+        n = len(order)
+        while start < n:
+            end = start + 1
+            while end < n:
+                size = end - start + 1
+                if size > self.batch_size or size * int(sorted_lengths[end]) > TOKEN_BUDGET:
+                    break
+                if end - start >= MIN_BATCH and sorted_lengths[end] != sorted_lengths[end - 1]:
+                    break
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        return batches
 
 
 class Tokenizer:

@@ -323,3 +323,15 @@ def test_onnx_path_starts_without_torch_or_transformers(isolated: pytest.MonkeyP
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
                          capture_output=True, text=True, timeout=300, check=True).stdout.split()
     assert out == ["OnnxEmbedder", "384", "False", "False"]
+
+
+def test_batches_split_where_the_token_count_changes(torch_minilm: embedders.Embedder) -> None:
+    """Long runs of one length make their own batch (no padding); short runs merge; all texts kept once."""
+    lengths = np.array([3] * 40 + [4] * 5 + [10] * 200)
+    order = np.arange(len(lengths))
+    batches = torch_minilm._batches(lengths, order)
+    np.testing.assert_array_equal(np.concatenate(batches), order)
+    assert [len(b) for b in batches] == [40, 128, 77]
+    assert set(lengths[batches[0]]) == {3}
+    assert all(len(b) <= torch_minilm.batch_size for b in batches)
+    assert all(len(b) * lengths[b].max() <= embedders.TOKEN_BUDGET for b in batches)

@@ -199,9 +199,16 @@ def annotate_stream(
     client: Any,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     bar: Any = None,
+    embedder: Any = None,
 ) -> int:
-    """Match and write every row; returns how many chunks the server failed on."""
+    """Match and write every row; returns how many chunks the server failed on.
+
+    With `embedder` given, each chunk's distinct labels are embedded in one call before matching
+    (the matcher then finds them in the embedder's cache): one large call sorts thousands of texts
+    by length and pads far less than the matcher's batches of a few hundred.
+    """
     from ontosearch.matcher import match
+    from ontosearch.normalize import embedding_text
 
     failed_in_a_row = 0
     failed = 0
@@ -212,7 +219,9 @@ def annotate_stream(
         chunk_error: str | None = give_up
         if labels and give_up is None:
             try:
-                results = match(labels, ontology, top_k=top_k, client=client)
+                if embedder is not None:
+                    embedder.embed(list(dict.fromkeys(embedding_text(label) for label in labels)))
+                results = match(labels, ontology, top_k=top_k, client=client, embedder=embedder)
                 found = dict(zip(labels, results, strict=True))
                 failed_in_a_row = 0
             except Exception as exc:  # noqa: BLE001 - reported on the rows, never dropped
@@ -298,7 +307,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _output(args.output) as handle:
             writer = ResultWriter(handle, ontology=ontology)
-            failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar)
+            failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar,
+                                     embedder=embedder)
     finally:
         if bar is not None:
             bar.close()

@@ -36,6 +36,9 @@ def latency_plot(datasets: list[dict[str, Any]], path: str | Path, concurrency: 
             p50, p99 = np.percentile(values, [50, 99])
             ax.plot(values, ranks, color=COLORS.get(name), label=f"{name} (p50 {p50:.1f}, p99 {p99:.1f} ms)")
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on narrow ranges
         ax.axhline(0.99, color="black", linewidth=0.5, linestyle=":")
         ax.set_xlabel("latency (ms, log scale)")
         ax.set_ylabel("fraction of queries")

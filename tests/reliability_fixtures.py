@@ -8,7 +8,6 @@ build-snapshot does) and archived, verified and described by the snapshot helper
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import secrets
@@ -20,31 +19,14 @@ import threading
 import time
 from pathlib import Path
 
+from snapshot_helpers import write_persist_dir
+
 from ontosearch.constants import ENV_ADMIN_TOKEN, ENV_TOKEN
-from ontosearch.manifest import CollectionInfo, Manifest
+from ontosearch.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIMENSIONS = 384
 EMBEDDER = {"name": "random-unit-vectors", "dimensions": DIMENSIONS, "pooling": "mean", "normalize": True}
-
-_WRITER = r"""
-import json, os, sys
-os.environ["ANONYMIZED_TELEMETRY"] = "False"
-import chromadb, numpy as np
-path, spec = sys.argv[1], json.loads(sys.argv[2])
-rng = np.random.default_rng(spec["seed"])
-client = chromadb.PersistentClient(path=path)
-for name, count in spec["collections"].items():
-    col = client.create_collection(name, metadata={"hnsw:space": "cosine"}, embedding_function=None)
-    vectors = rng.normal(size=(count, spec["dimensions"])).astype("float32")
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    for start in range(0, count, 1000):
-        stop = min(count, start + 1000)
-        col.add(ids=[f"T:{i:07d}" for i in range(start, stop)], embeddings=vectors[start:stop],
-                documents=[f"term {i}" for i in range(start, stop)],
-                metadatas=[{"label": f"term {i}", "term_id": f"T:{i:07d}"} for i in range(start, stop)])
-"""
-
 
 def alphanumeric_token(length: int = 32) -> str:
     alphabet = string.ascii_letters + string.digits
@@ -57,10 +39,7 @@ def vector_snapshot(work: Path, out: Path, collections: dict[str, int], seed: in
 
     persist = work / f"persist-{seed}"
     persist.mkdir(parents=True)
-    spec = {"collections": collections, "dimensions": DIMENSIONS, "seed": seed}
-    subprocess.run([sys.executable, "-c", _WRITER, str(persist), json.dumps(spec)], check=True, timeout=300)
-    entries = [CollectionInfo(name=name, ontology="cl", source_version="test", terms=count, records=count)
-               for name, count in collections.items()]
+    entries = write_persist_dir(persist, collections, seed=seed, dimensions=DIMENSIONS)
     return snapshot_from_persist_dir(persist, out, entries, EMBEDDER, compression="gz", verify=True,
                                      log=lambda _m: None, progress=False)
 

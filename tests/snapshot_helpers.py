@@ -33,13 +33,14 @@ for name, count in spec["collections"].items():
         stop = min(count, start + 1000)
         col.add(ids=[f"T:{i:07d}" for i in range(start, stop)], embeddings=vectors[start:stop],
                 documents=[f"term {i}" for i in range(start, stop)],
-                metadatas=[{"label": f"term {i}"} for i in range(start, stop)])
+                metadatas=[{"label": f"term {i}", "term_id": f"T:{i:07d}"} for i in range(start, stop)])
 """
 
 
-def write_persist_dir(path: Path, collections: dict[str, int], seed: int = 0) -> list[CollectionInfo]:
+def write_persist_dir(path: Path, collections: dict[str, int], seed: int = 0,
+                      dimensions: int = DIMENSIONS) -> list[CollectionInfo]:
     """Fill `path` with collections of random vectors; returns their manifest entries."""
-    spec = {"collections": collections, "dimensions": DIMENSIONS, "seed": seed}
+    spec = {"collections": collections, "dimensions": dimensions, "seed": seed}
     subprocess.run([sys.executable, "-c", _WRITER, str(path), json.dumps(spec)], check=True, timeout=300)
     return [CollectionInfo(name=name, ontology=name.split("_")[0], source_version="test", terms=count,
                            records=count) for name, count in collections.items()]

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
-from snapshot_fixtures import make_snapshot
+from snapshot_helpers import make_snapshot
 
 from lambdas import validate as validate_lambda
 from ontosearch import label_io

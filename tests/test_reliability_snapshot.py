@@ -24,7 +24,7 @@ from pathlib import Path
 import boto3
 import pytest
 from reliability_fixtures import ROOT, ServeProcess
-from snapshot_fixtures import copy_snapshot
+from snapshot_helpers import copy_snapshot
 
 from ontosearch.constants import (
     CHROMA_CONTAINER,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from snapshot_fixtures import make_snapshot
+from snapshot_helpers import make_snapshot
 
 from ontosearch.constants import ENV_ADMIN_TOKEN, ENV_TOKEN, ENV_URL, TOKEN_HEADER
 from ontosearch.serve import LocalTask, LocalTaskError

@@ -347,49 +347,21 @@ class Bench:
         if snapshot is None:
             section["annotate"] = {"error": "not measured: needs the ontology snapshot (skipped in --quick)"}
             return
-        if importlib.util.find_spec("ontosearch.annotate") is None:
-            section["annotate"] = {"error": "ontosearch.annotate is not available"}
-        else:
-            out = self.work / "annotate.csv"
-            section["annotate"] = annotation.run_command(
-                [
-                    "annotate",
-                    "--input",
-                    str(path),
-                    "--ontology",
-                    "cl",
-                    "--top-k",
-                    "3",
-                    "--output",
-                    str(out),
-                    "--snapshot",
-                    str(snapshot),
-                ],
+
+        def measure(command: str, *extra: str) -> dict:
+            out = self.work / f"{command}.csv"
+            result = annotation.run_command(
+                [command, "--input", str(path), "--ontology", "cl", "--top-k", "3", "--output", str(out),
+                 "--snapshot", str(snapshot), *extra],
                 len(labels),
             )
             if out.exists():
-                section["annotate"]["output_rows"] = annotation.count_output_rows(out)
+                result["output_rows"] = annotation.count_output_rows(out)
+            return result
+
+        section["annotate"] = measure("annotate")
         if "workflow" not in self.skip:
-            out = self.work / "workflow.csv"
-            section["workflow"] = annotation.run_command(
-                [
-                    "workflow",
-                    "--input",
-                    str(path),
-                    "--ontology",
-                    "cl",
-                    "--top-k",
-                    "3",
-                    "--output",
-                    str(out),
-                    "--snapshot",
-                    str(snapshot),
-                    "--quiet",
-                ],
-                len(labels),
-            )
-            if out.exists():
-                section["workflow"]["output_rows"] = annotation.count_output_rows(out)
+            section["workflow"] = measure("workflow", "--quiet")
 
     def accuracy(self) -> None:
         restored = getattr(self, "restored", None)

@@ -203,13 +203,12 @@ def annotate_stream(
 ) -> int:
     """Match and write every row; returns how many chunks the server failed on.
 
-    With `embedder` given, each chunk's distinct labels are embedded in one call before matching
-    (the matcher then finds them in the embedder's cache): one large call sorts thousands of texts
-    by length and pads far less than the matcher's batches of a few hundred.
+    One `Matcher` serves the whole run, so a label repeated anywhere in the file is matched once
+    and records fetched for one chunk are not fetched again for the next.
     """
-    from ontosearch.matcher import match
-    from ontosearch.normalize import embedding_text
+    from ontosearch.matcher import Matcher
 
+    matcher: Matcher | None = None
     failed_in_a_row = 0
     failed = 0
     give_up: str | None = None
@@ -219,9 +218,9 @@ def annotate_stream(
         chunk_error: str | None = give_up
         if labels and give_up is None:
             try:
-                if embedder is not None:
-                    embedder.embed(list(dict.fromkeys(embedding_text(label) for label in labels)))
-                results = match(labels, ontology, top_k=top_k, client=client, embedder=embedder)
+                if matcher is None:
+                    matcher = Matcher(client, ontology, embedder=embedder)
+                results = matcher.match(labels, top_k=top_k)
                 found = dict(zip(labels, results, strict=True))
                 failed_in_a_row = 0
             except Exception as exc:  # noqa: BLE001 - reported on the rows, never dropped

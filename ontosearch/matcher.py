@@ -15,6 +15,11 @@ Order of evidence, per label (each term appears once, at its best evidence):
 
 Scores never increase with rank (a vector hit ranked below an abbreviation hit is capped at 0.9).
 
+A label whose exact hits are all one term is not embedded: the hit record's stored vector (the
+embedding of the same words, up to case, plural and punctuation) orders its hits and finds the
+neighbours ranked after it. Most labels in real files are exact hits, so this skips most of the
+embedding work. A `Matcher` keeps answers and fetched records across calls on one collection.
+
 Everything needed is read from the collection itself, so this works the same on an embedded
 PersistentClient and on a remote HttpClient behind the read-token proxy (which allows only the
 read calls used here: get, query, count, and listing collections).
@@ -23,6 +28,7 @@ read calls used here: get, query, count, and listing collections).
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +61,11 @@ _OVERFETCH = 4
 _MIN_FETCH = 30
 # Nearest terms (beyond top_k) whose metadata is fetched: room for the taxon and parent rules.
 _KEEP_EXTRA = 12
+# Distinct labels matched per round (one embedding call, bounded memory for any input size).
+ROUND_LABELS = 4096
+# Bounds of a Matcher's caches: answers per (label, top_k), and records by id.
+ANSWER_CACHE = 200_000
+RECORD_CACHE = 300_000
 
 
 class MatcherError(ValueError):
@@ -129,6 +140,216 @@ def check_embedder(collection: Any, embedder: Any | None) -> Any:
     return embedder
 
 
+Hit = tuple[dict[str, Any], np.ndarray]
+
+
+class Matcher:
+    """Matching against one collection, keeping what it learns for later calls.
+
+    `annotate` and the workflow's chunks call this many times on the same collection; it keeps
+    (bounded) the answers per label, the records' metadata and the terms fetched as parents, so
+    a label repeated across chunks costs nothing and popular records are fetched once. A built
+    collection never changes (a rebuild makes a new collection), so nothing cached goes stale.
+    Not thread-safe: one Matcher per thread.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        ontology: str,
+        collection: str | None = None,
+        embedder: Any = None,
+        exact: bool = True,
+    ) -> None:
+        self.collection = find_collection(client, ontology, collection)
+        self.embedder = check_embedder(self.collection, embedder)
+        meta = self.collection.metadata or {}
+        self.exact = exact
+        self._suffixes = {
+            "cell_suffix": meta.get("ontology") == "cl",
+            "disease_suffix": meta.get("ontology") == "mondo",
+        }
+        self._abbreviations = exact and int(meta.get("layout", 1)) >= 2
+        self._total: int | None = None
+        self._answers: OrderedDict[tuple[str, int], list[Match]] = OrderedDict()
+        self._metadata: dict[str, dict[str, Any]] = {}
+        self._terms: dict[str, Hit] = {}
+
+    @property
+    def total(self) -> int:
+        if self._total is None:
+            self._total = self.collection.count()
+        return self._total
+
+    def match(self, labels: Sequence[str], top_k: int = 3, batch_size: int = DEFAULT_BATCH_SIZE
+              ) -> list[list[Match]]:
+        """One ranked list per input label, in input order; blank labels get an empty list."""
+        _check_arguments(labels, top_k, batch_size)
+        todo: dict[str, None] = {}
+        for label in labels:
+            if not isinstance(label, str):
+                raise MatcherError(f"labels must be strings; got {type(label).__name__} {label!r}")
+            if label.strip() and (label, top_k) not in self._answers:
+                todo[label] = None
+        pending = list(todo)
+        fresh: dict[str, list[Match]] = {}
+        for start in range(0, len(pending), ROUND_LABELS):
+            fresh.update(self._match_round(pending[start:start + ROUND_LABELS], top_k, batch_size))
+        out = []
+        for label in labels:
+            if not label.strip():
+                out.append([])
+                continue
+            found = fresh.get(label)
+            if found is None:
+                found = self._answers[(label, top_k)]
+                self._answers.move_to_end((label, top_k))
+            out.append(list(found))
+        self._remember(fresh, top_k)
+        return out
+
+    def _remember(self, fresh: dict[str, list[Match]], top_k: int) -> None:
+        for label, found in fresh.items():
+            self._answers[(label, top_k)] = found
+        while len(self._answers) > ANSWER_CACHE:
+            self._answers.popitem(last=False)
+        if len(self._metadata) > RECORD_CACHE:
+            self._metadata.clear()
+        if len(self._terms) > RECORD_CACHE:
+            self._terms.clear()
+
+    def _match_round(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, list[Match]]:
+        """Match distinct labels: exact hits, abbreviation hits, then one embedding call and the queries.
+
+        A label with an exact hit on exactly one term needs no embedding: its hit record's stored
+        vector stands in for it when ordering the hit and finding the neighbours ranked after it.
+        """
+        coll = self.collection
+        keys = {
+            label: query_keys(label, **self._suffixes) if self.exact else [] for label in labels
+        }
+        hits: dict[str, list[Hit]] = {}
+        for start in range(0, len(labels), batch_size):
+            batch = labels[start:start + batch_size]
+            hits.update(_hits(coll, "norm", {key for label in batch for key in keys[label]}))
+        abbreviations: dict[str, str | None] = {
+            label: (
+                abbreviation_key(label)
+                if self._abbreviations and not any(key in hits for key in keys[label]) else None
+            )
+            for label in labels
+        }
+        abbr_keys = sorted({key for key in abbreviations.values() if key})
+        abbr_hits: dict[str, list[Hit]] = {}
+        for start in range(0, len(abbr_keys), batch_size):
+            abbr_hits.update(_hits(coll, ("abbr", "abbr_short"), set(abbr_keys[start:start + batch_size])))
+
+        # Each label's query vector comes from a "source": its embedding text, or its one exact term.
+        source_of: dict[str, Any] = {}
+        vectors: dict[Any, np.ndarray] = {}
+        to_embed: dict[str, None] = {}
+        for label in labels:
+            anchor = _single_term_hit(keys[label], hits)
+            if anchor is not None:
+                source = ("term", anchor[0]["term_id"])
+                vectors.setdefault(source, anchor[1])
+            else:
+                text = embedding_text(label)
+                source = ("text", text)
+                to_embed[text] = None
+            source_of[label] = source
+        if to_embed:
+            texts = list(to_embed)
+            embedded = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+            for text, vector in zip(texts, embedded, strict=True):
+                vectors[("text", text)] = vector
+
+        sources = list(vectors)
+        candidates: dict[Any, list[Candidate]] = {}
+        for start in range(0, len(sources), batch_size):
+            batch = sources[start:start + batch_size]
+            candidates.update(self._candidates(batch, np.stack([vectors[s] for s in batch]), top_k))
+
+        found: dict[str, list[Match]] = {}
+        for label in labels:
+            source = source_of[label]
+            abbreviated = abbr_hits.get(abbreviations[label] or "", [])
+            ranked = _rank(keys[label], hits, abbreviated, vectors[source], candidates[source])
+            found[label] = [
+                Match(term_id, term_label, score, text, rank)
+                for rank, (term_id, term_label, score, text) in enumerate(ranked[:top_k], start=1)
+            ]
+        return found
+
+    def _candidates(self, sources: list[Any], vectors: np.ndarray, top_k: int) -> dict[Any, list[Candidate]]:
+        """Vector candidates per source, parents promoted; asks for more when too few terms come back."""
+        coll = self.collection
+        total = self.total
+        n_results = min(total, max(top_k * _OVERFETCH, _MIN_FETCH))
+        out: dict[Any, list[Candidate]] = {}
+        todo = list(range(len(sources)))
+        while todo:
+            # Distances only: metadata for every returned record would dominate the query's cost.
+            answer = coll.query(query_embeddings=vectors[todo], n_results=n_results, include=["distances"])
+            nearest = {
+                index: _nearest_records(answer["ids"][row], answer["distances"][row], top_k + _KEEP_EXTRA)
+                for row, index in enumerate(todo)
+            }
+            wanted = {record_id for found in nearest.values() for record_id, _ in found}
+            metadata = self._fetch_metadata(wanted)
+            candidates = {
+                index: _vector_candidates(
+                    [metadata[record_id] for record_id, _ in found if record_id in metadata],
+                    [distance for record_id, distance in found if record_id in metadata],
+                )
+                for index, found in nearest.items()
+            }
+            shared = {index: _shared_parent(found) for index, found in candidates.items()}
+            missing = {
+                parent for index, parent in shared.items()
+                if parent and parent not in {meta["term_id"] for meta, _ in candidates[index]}
+            }
+            parents = self._fetch_terms(missing)
+            retry = []
+            for index in todo:
+                found = _promote_parents(candidates[index])
+                if shared[index]:
+                    found = _put_first(found, shared[index], parents, vectors[index])
+                out[sources[index]] = found
+                if len(found) < top_k and n_results < total:
+                    retry.append(index)
+            todo = retry
+            n_results = min(total, n_results * 4)
+        return out
+
+    def _fetch_metadata(self, record_ids: set[str]) -> dict[str, dict[str, Any]]:
+        missing = sorted(record_ids - self._metadata.keys())
+        if missing:
+            got = self.collection.get(ids=missing, include=["metadatas"])
+            self._metadata.update(zip(got["ids"], got["metadatas"], strict=True))
+        known = self._metadata
+        return {record_id: known[record_id] for record_id in record_ids if record_id in known}
+
+    def _fetch_terms(self, term_ids: set[str]) -> dict[str, Hit]:
+        """Label records of `term_ids` (a label record's id is its term id)."""
+        missing = sorted(term_ids - self._terms.keys())
+        if missing:
+            got = self.collection.get(ids=missing, include=["metadatas", "embeddings"])
+            vectors = got["embeddings"] if got["embeddings"] is not None else []
+            for meta, vector in zip(got["metadatas"] or [], vectors, strict=True):
+                self._terms[meta["term_id"]] = (meta, np.asarray(vector, dtype=np.float32))
+        return {term_id: self._terms[term_id] for term_id in term_ids if term_id in self._terms}
+
+
+def _check_arguments(labels: Sequence[str], top_k: int, batch_size: int) -> None:
+    if isinstance(labels, str):
+        raise MatcherError("labels must be a sequence of strings, not one string; wrap it in a list")
+    if top_k < 1:
+        raise MatcherError(f"top_k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise MatcherError(f"batch_size must be at least 1, got {batch_size}")
+
+
 def match(
     labels: Sequence[str],
     ontology: str,
@@ -144,97 +365,23 @@ def match(
     `ontology` is a name or alias (cl/cell_type, uberon/tissue, mondo/disease). Duplicate labels
     are matched once. Empty labels get an empty list. `client=None` connects with
     `ontosearch.connect()`; `embedder=None` uses the embedder the collection was built with.
+    Callers matching many batches against one collection should keep a `Matcher` instead.
     """
-    if isinstance(labels, str):
-        raise MatcherError("labels must be a sequence of strings, not one string; wrap it in a list")
-    if top_k < 1:
-        raise MatcherError(f"top_k must be at least 1, got {top_k}")
-    if batch_size < 1:
-        raise MatcherError(f"batch_size must be at least 1, got {batch_size}")
+    _check_arguments(labels, top_k, batch_size)
     if client is None:
         from ontosearch.connect import connect
 
         client = connect()
-    coll = find_collection(client, ontology, collection)
-    embedder = check_embedder(coll, embedder)
-    suffixes = {
-        "cell_suffix": (coll.metadata or {}).get("ontology") == "cl",
-        "disease_suffix": (coll.metadata or {}).get("ontology") == "mondo",
-    }
-
-    unique: dict[str, list[Match]] = {}
-    for label in labels:
-        if not isinstance(label, str):
-            raise MatcherError(f"labels must be strings; got {type(label).__name__} {label!r}")
-        if label.strip():
-            unique.setdefault(label, [])
-    pending = list(unique)
-    total = coll.count()
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start:start + batch_size]
-        found_all = _match_batch(coll, embedder, batch, top_k, total, suffixes, exact)
-        for label, found in zip(batch, found_all, strict=True):
-            unique[label] = found
-    return [list(unique.get(label, [])) if label.strip() else [] for label in labels]
+    return Matcher(client, ontology, collection, embedder, exact).match(labels, top_k, batch_size)
 
 
-def _match_batch(
-    coll: Any, embedder: Any, batch: list[str], top_k: int, total: int, suffixes: dict[str, bool], exact: bool
-) -> list[list[Match]]:
-    vectors = np.asarray(embedder.embed([embedding_text(label) for label in batch]), dtype=np.float32)
-    keys = [query_keys(label, **suffixes) for label in batch] if exact else [[] for _ in batch]
-    hits = _hits(coll, "norm", {key for per_label in keys for key in per_label})
-    abbreviations: list[str | None] = [None] * len(batch)
-    if exact and int((coll.metadata or {}).get("layout", 1)) >= 2:
-        abbreviations = [
-            None if any(key in hits for key in per_label) else abbreviation_key(label)
-            for label, per_label in zip(batch, keys, strict=True)
-        ]
-    abbr_hits = _hits(coll, ("abbr", "abbr_short"), {key for key in abbreviations if key})
-
-    n_results = min(total, max(top_k * _OVERFETCH, _MIN_FETCH))
-    results: list[list[Match]] = [[] for _ in batch]
-    todo = list(range(len(batch)))
-    while todo:
-        # Distances only: metadata for every returned record would dominate the query's cost.
-        answer = coll.query(query_embeddings=vectors[todo], n_results=n_results, include=["distances"])
-        nearest = {
-            index: _nearest_records(answer["ids"][row], answer["distances"][row], top_k + _KEEP_EXTRA)
-            for row, index in enumerate(todo)
-        }
-        metadata = _fetch_metadata(coll, {record_id for found in nearest.values() for record_id, _ in found})
-        retry = []
-        candidates = {
-            index: _vector_candidates(
-                [metadata[record_id] for record_id, _ in found if record_id in metadata],
-                [distance for record_id, distance in found if record_id in metadata],
-            )
-            for index, found in nearest.items()
-        }
-        shared = {index: _shared_parent(found) for index, found in candidates.items()}
-        missing = {
-            parent for index, parent in shared.items()
-            if parent and parent not in {meta["term_id"] for meta, _ in candidates[index]}
-        }
-        parents = _fetch_terms(coll, missing)
-        for index in todo:
-            found = _promote_parents(candidates[index])
-            if shared[index]:
-                found = _put_first(found, shared[index], parents, vectors[index])
-            abbreviated = abbr_hits.get(abbreviations[index] or "", [])
-            ranked = _rank(keys[index], hits, abbreviated, vectors[index], found)
-            if len(ranked) < top_k and n_results < total:
-                retry.append(index)
-            results[index] = [
-                Match(term_id, label, score, text, rank)
-                for rank, (term_id, label, score, text) in enumerate(ranked[:top_k], start=1)
-            ]
-        todo = retry
-        n_results = min(total, n_results * 4)
-    return results
-
-
-Hit = tuple[dict[str, Any], np.ndarray]
+def _single_term_hit(keys: list[str], hits: dict[str, list[Hit]]) -> Hit | None:
+    """The best exact-hit record when all of a label's exact hits are one term, else None."""
+    found = [hit for key in keys for hit in hits.get(key, ())]
+    if not found or len({meta["term_id"] for meta, _ in found}) != 1:
+        return None
+    labels = [hit for hit in found if hit[0].get("kind") == "label"]
+    return (labels or found)[0]
 
 
 def _hits(coll: Any, fields: str | tuple[str, ...], keys: set[str]) -> dict[str, list[Hit]]:
@@ -268,25 +415,6 @@ def _nearest_records(ids: list[str], distances: list[float], keep: int) -> list[
         if term_id not in best or distance < best[term_id][1]:
             best[term_id] = (record_id, float(distance))
     return sorted(best.values(), key=lambda item: item[1])[:keep]
-
-
-def _fetch_metadata(coll: Any, record_ids: set[str]) -> dict[str, dict[str, Any]]:
-    if not record_ids:
-        return {}
-    got = coll.get(ids=sorted(record_ids), include=["metadatas"])
-    return dict(zip(got["ids"], got["metadatas"], strict=True))
-
-
-def _fetch_terms(coll: Any, term_ids: set[str]) -> dict[str, Hit]:
-    """Label records of `term_ids` (a label record's id is its term id)."""
-    if not term_ids:
-        return {}
-    got = coll.get(ids=sorted(term_ids), include=["metadatas", "embeddings"])
-    vectors = got["embeddings"] if got["embeddings"] is not None else []
-    return {
-        meta["term_id"]: (meta, np.asarray(vector, dtype=np.float32))
-        for meta, vector in zip(got["metadatas"] or [], vectors, strict=True)
-    }
 
 
 def _rank(

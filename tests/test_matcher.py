@@ -181,13 +181,48 @@ def test_taxon_specific_terms_lose_near_ties_to_general_ones() -> None:
 
 def test_duplicates_are_embedded_once_and_answered_in_input_order(client: Any, embedder: Any) -> None:
     counting = CountingEmbedder(embedder)
-    labels = ["hepatocytes", "B cells", "hepatocytes", "", "B cells", "   "]
+    labels = ["liver parenchyma cell", "lymphocytes making antibodies", "liver parenchyma cell", "",
+              "lymphocytes making antibodies", "   "]
     found = match(labels, "cl", top_k=2, client=client, embedder=counting)
-    assert sum(len(call) for call in counting.calls) == 2
+    assert sorted(text for call in counting.calls for text in call) == [
+        "liver parenchyma cell", "lymphocytes making antibodies"]
     assert found[0] == found[2] and found[1] == found[4]
     assert found[3] == [] and found[5] == []
-    assert found[1][0].term_id == "CL:0000236"
-    assert all(isinstance(m, Match) for m in found[0])
+    assert all(isinstance(m, Match) for m in found[0]) and len(found[0]) == 2
+
+
+def test_labels_with_one_exact_term_are_not_embedded(client: Any, embedder: Any) -> None:
+    counting = CountingEmbedder(embedder)
+    hepatocytes, b_cells = match(["hepatocytes", "B cells"], "cl", top_k=3, client=client, embedder=counting)
+    assert counting.calls == []
+    assert b_cells[0].term_id == "CL:0000236" and b_cells[0].score == 1.0
+    assert hepatocytes[0].term_id == "CL:0000182" and hepatocytes[0].score == 1.0
+    # the neighbours after the exact hit come from the hit's own vector: other, less similar terms
+    assert len(b_cells) == 3 and len({m.term_id for m in b_cells}) == 3
+    assert all(m.score < 1.0 for m in b_cells[1:])
+
+
+def test_an_exact_hit_on_several_terms_is_embedded_to_order_them(client: Any, embedder: Any) -> None:
+    counting = CountingEmbedder(embedder)
+    [found] = match(["BM2 B cells"], "cl", top_k=3, client=client, embedder=counting)
+    assert [text for call in counting.calls for text in call] == ["BM2 B cells"]
+    assert {m.term_id for m in found[:2]} == {"CL:0000962", "CL:0000964"}
+    assert found[0].score == found[1].score == 1.0
+
+
+def test_a_matcher_answers_repeated_labels_from_its_cache(client: Any, embedder: Any) -> None:
+    from ontosearch.matcher import Matcher
+
+    counting = CountingEmbedder(embedder)
+    matcher = Matcher(client, "cl", embedder=counting)
+    first = matcher.match(["lymphocytes making antibodies", "Tregs"], top_k=3)
+    calls = len(counting.calls)
+    assert calls == 1
+    again = matcher.match(["Tregs", "lymphocytes making antibodies"], top_k=3)
+    assert len(counting.calls) == calls
+    assert again == [first[1], first[0]]
+    # another top_k is another question
+    assert len(matcher.match(["lymphocytes making antibodies"], top_k=5)[0]) == 5
 
 
 def test_small_batches_give_the_same_answers(client: Any, embedder: Any) -> None:

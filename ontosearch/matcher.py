@@ -161,6 +161,7 @@ class Matcher:
         embedder: Any = None,
         exact: bool = True,
     ) -> None:
+        self.client = client
         self.collection = find_collection(client, ontology, collection)
         self.embedder = check_embedder(self.collection, embedder)
         meta = self.collection.metadata or {}

@@ -307,13 +307,28 @@ def query_chunk(
     return {"index": chunk["index"], "part": key, **{name: counts[name] for name in _PART_META}}
 
 
+# Matchers kept by a warm container between chunks, per (client, ontology, embedder, thread):
+# labels repeated across chunks and records fetched for earlier chunks cost nothing again.
+_MATCHERS: dict[tuple[int, str, str, int], Any] = {}
+_MAX_MATCHERS = 4
+
+
 def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -> list[list[Any]]:
-    from ontosearch.matcher import MatcherError, match
+    import threading
+
+    from ontosearch.matcher import Matcher, MatcherError
     from ontosearch.workflow.chroma_access import translate_client_errors
 
+    key = (id(client), job["ontology"], getattr(embedder, "name", ""), threading.get_ident())
     try:
         with translate_client_errors():
-            return match(labels, job["ontology"], top_k=int(job["top_k"]), client=client, embedder=embedder)
+            matcher = _MATCHERS.get(key)
+            if matcher is None or matcher.client is not client:
+                matcher = Matcher(client, job["ontology"], embedder=embedder)
+                while len(_MATCHERS) >= _MAX_MATCHERS:
+                    _MATCHERS.pop(next(iter(_MATCHERS)))
+                _MATCHERS[key] = matcher
+            return matcher.match(labels, top_k=int(job["top_k"]))
     except MatcherError as exc:
         raise ChunkQueryError(str(exc)) from None
 

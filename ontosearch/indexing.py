@@ -9,10 +9,15 @@ Layout (the matcher and snapshot verification rely on it):
 * with `synonyms=True` (the default; the accuracy bench shows why) one more record per synonym,
   id `<term id>#s<n>`, embedding of the synonym. Synonyms whose normalised form equals the label's
   or an earlier synonym's are skipped: they would only duplicate a vector;
+* with `synonyms=True` also one record per curated alias of the term (`ontosearch.aliases`: lab
+  shorthand such as "AT2" or "CD14 Mono" that the ontology's synonyms lack), id
+  `<term id>#a<n>`, `kind` "alias", skipped like synonyms when it normalises like one; the
+  collection metadata `aliases_sha256` names the alias table used ("" when none). A collection
+  without alias records is still a valid layout-2 collection: it only lacks those exact hits;
 * record metadata: `ontology`, `version`, `term_id`, `label`, `synonyms` (JSON list, on the
   label record only), `parents`
   (JSON list of direct parents), `descendants` (how many terms lie below), `specific` (a
-  taxon-specific term), `kind` ("label"/"synonym"),
+  taxon-specific term), `kind` ("label"/"synonym"/"alias"),
   `text` (what was embedded), `norm` (`normalize(text)`) and `abbr`/`abbr_short` (the text's
   initialisms, "" if none). Exact label/synonym hits are one
   `collection.get(where={"norm": {"$in": keys}})` call and abbreviation hits one more, which the
@@ -29,11 +34,13 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from ontosearch.aliases import alias_table_sha256, aliases_by_term
 from ontosearch.normalize import initialisms, normalize
 from ontosearch.ontologies import Ontology, Term
 
 LAYOUT_VERSION = 2
 SYNONYM_ID_SEPARATOR = "#s"
+ALIAS_ID_SEPARATOR = "#a"
 DEFAULT_BATCH_SIZE = 1024
 
 # HNSW settings shipped with every collection. Chroma 1.x defaults are ef_search=100, M=16; a
@@ -92,6 +99,7 @@ def descendant_counts(ontology: Ontology) -> dict[str, int]:
 
 def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dict[str, Any], str]]:
     descendants = descendant_counts(ontology)
+    aliases = aliases_by_term(ontology.name) if synonyms else {}
     for term in ontology.terms:
         base = {**_term_metadata(ontology, term), "descendants": descendants.get(term.id, 0)}
         label_norm = normalize(term.label)
@@ -116,6 +124,30 @@ def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dic
                 {**base, "kind": "synonym", "text": synonym, "norm": norm, **_abbr(synonym)},
                 synonym,
             )
+        yield from _alias_records(term, base, seen, aliases.get(term.id, ()))
+
+
+def _alias_records(
+    term: Term, base: dict[str, Any], seen: set[str], aliases: tuple[str, ...]
+) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """Records for the curated aliases of `term` (`ontosearch.aliases`), shaped like synonym records.
+
+    An alias that normalises like the label or a synonym already emitted adds nothing and is
+    skipped. Aliases carry no initialisms: they are shorthand already, and the initials of a lay
+    name ("lazy eye") are not how anyone abbreviates the term, so they would only add wrong
+    abbreviation hits.
+    """
+    for index, alias in enumerate(aliases):
+        norm = normalize(alias)
+        if not norm or norm in seen:
+            continue
+        seen.add(norm)
+        yield (
+            f"{term.id}{ALIAS_ID_SEPARATOR}{index}",
+            alias,
+            {**base, "kind": "alias", "text": alias, "norm": norm, "abbr": "", "abbr_short": ""},
+            alias,
+        )
 
 
 def _term_metadata(ontology: Ontology, term: Term) -> dict[str, Any]:
@@ -164,6 +196,8 @@ def index_ontology(
         "version": ontology.version,
         "layout": LAYOUT_VERSION,
         "synonym_vectors": bool(synonyms),
+        # Which curated alias table (ontosearch/data/aliases) the records came from; "" for none.
+        "aliases_sha256": alias_table_sha256(ontology.name) if synonyms else "",
         "terms": len(ontology.terms),
     }
     existing = {getattr(c, "name", c) for c in client.list_collections()}

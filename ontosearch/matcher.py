@@ -27,6 +27,7 @@ read calls used here: get, query, count, and listing collections).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -476,6 +477,16 @@ def _rank(
 Candidate = tuple[dict[str, Any], float]
 
 
+def _parents(meta: dict[str, Any]) -> tuple[str, ...]:
+    return _parse_parents(meta.get("parents") or "[]")
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_parents(encoded: str) -> tuple[str, ...]:
+    """A record's JSON list of parents; the same few thousand lists recur in every batch."""
+    return tuple(json.loads(encoded))
+
+
 def _adjusted(candidate: Candidate) -> float:
     """Similarity with the taxon prior: taxon-specific terms lose near ties to general ones."""
     meta, similarity = candidate
@@ -506,9 +517,9 @@ def _shared_parent(candidates: list[Candidate]) -> str | None:
         return None
     counts: dict[str, int] = {}
     for meta, _ in near:
-        for parent in json.loads(meta.get("parents") or "[]"):
+        for parent in _parents(meta):
             counts[parent] = counts.get(parent, 0) + 1
-    top_parents = json.loads(candidates[0][0].get("parents") or "[]")
+    top_parents = _parents(candidates[0][0])
     shared = [parent for parent in top_parents if counts.get(parent, 0) >= 2]
     return max(shared, key=lambda parent: counts[parent]) if shared else None
 
@@ -530,7 +541,7 @@ def _promote_parents(candidates: list[Candidate]) -> list[Candidate]:
     """Move the top candidate's parent (or grandparent, via candidates) first when nearly as similar."""
     if not candidates:
         return candidates
-    parents = {meta["term_id"]: set(json.loads(meta.get("parents") or "[]")) for meta, _ in candidates}
+    parents = {meta["term_id"]: set(_parents(meta)) for meta, _ in candidates}
     order = list(candidates)
     moved: set[str] = set()
     top_similarity = order[0][1]

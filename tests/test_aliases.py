@@ -25,8 +25,8 @@ from ontosearch.indexing import (
     count_records,
     index_ontology,
 )
-from ontosearch.matcher import EXACT_SCORE, match
-from ontosearch.normalize import normalize
+from ontosearch.matcher import ABBREVIATION_GENERALITY_CAP, EXACT_SCORE, match
+from ontosearch.normalize import abbreviation_key, normalize
 from ontosearch.ontologies import Ontology, load_ontology
 
 ONTOLOGIES = ("cl", "uberon", "mondo")
@@ -80,6 +80,49 @@ def test_no_alias_conflicts_with_or_repeats_an_ontology_name(
             redundant.append((row.line, row.alias, row.term_id))
     assert not conflicts, f"{name}: aliases that are another term's name: {conflicts}"
     assert not redundant, f"{name}: aliases the ontology already has (drop them): {redundant}"
+
+
+def abbreviation_answers(ontology: Ontology) -> dict[str, str]:
+    """initialism -> the term the matcher's abbreviation lookup ranks strictly first for it.
+
+    Mirrors `matcher._rank` for abbreviation hits (general before taxon-specific, via a label,
+    generality capped, number of records) over the label and synonym records indexing writes.
+    Only strict winners count: a tie is decided by vector similarity, which an alias settles.
+    """
+    records: dict[str, dict[str, list[str]]] = {}
+    specific: dict[str, bool] = {}
+    generality: dict[str, int] = {}
+    for _, _, meta, _ in _records(ontology, synonyms=True):
+        if meta["kind"] == "alias":
+            continue
+        specific[meta["term_id"]] = bool(meta["specific"])
+        generality[meta["term_id"]] = min(int(meta["descendants"]), ABBREVIATION_GENERALITY_CAP)
+        for key in {meta["abbr"], meta["abbr_short"]} - {""}:
+            records.setdefault(key, {}).setdefault(meta["term_id"], []).append(meta["kind"])
+    answers = {}
+    for key, terms in records.items():
+        def rank(term_id: str, terms: dict[str, list[str]] = terms) -> tuple:
+            kinds = terms[term_id]
+            return (specific[term_id], "label" not in kinds, -generality[term_id], -len(kinds))
+
+        ordered = sorted(terms, key=rank)
+        if len(ordered) == 1 or rank(ordered[0]) < rank(ordered[1]):
+            answers[key] = ordered[0]
+    return answers
+
+
+@pytest.mark.parametrize("name", ONTOLOGIES)
+def test_no_alias_repeats_what_the_abbreviation_lookup_already_answers(
+    name: str, packaged: dict[str, Ontology]
+) -> None:
+    """An initialism the abbreviation lookup already resolves to the same term ("OPC") would only
+    turn its 0.9 into 1.0; the table is for shorthand that lookup gets wrong ("PFC", "LV", "MS")."""
+    answers = abbreviation_answers(packaged[name])
+    repeated = [
+        (row.line, row.alias) for row in load_aliases(name)
+        if answers.get(abbreviation_key(row.alias) or "") == row.term_id
+    ]
+    assert not repeated, f"{name}: the abbreviation lookup already finds these: {repeated}"
 
 
 def test_table_hash_is_the_hash_of_the_file() -> None:

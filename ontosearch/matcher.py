@@ -15,9 +15,8 @@ Order of evidence, per label (each term appears once, at its best evidence):
 
 Scores never increase with rank (a vector hit ranked below an abbreviation hit is capped at 0.9).
 
-A label whose exact hits are all one term is not embedded: the hit record's stored vector (the
-embedding of the same words, up to case, plural and punctuation) orders its hits and finds the
-neighbours ranked after it. Most labels in real files are exact hits, so this skips most of the
+A label whose exact hits are all one term is not embedded: that term's stored label vector finds
+the neighbours ranked after it. Most labels in real files are exact hits, so this skips most of the
 embedding work. A `Matcher` keeps answers and fetched records across calls on one collection.
 
 Everything needed is read from the collection itself, so this works the same on an embedded
@@ -223,8 +222,8 @@ class Matcher:
     def _match_round(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, list[Match]]:
         """Match distinct labels: exact hits, abbreviation hits, then one embedding call and the queries.
 
-        A label with an exact hit on exactly one term needs no embedding: its hit record's stored
-        vector stands in for it when ordering the hit and finding the neighbours ranked after it.
+        A label with exact hits on exactly one term needs no embedding: the term's stored label
+        vector stands in for it when finding the neighbours ranked after it.
         """
         coll = self.collection
         keys = {
@@ -249,17 +248,26 @@ class Matcher:
         # Each label's query vector comes from a "source": its embedding text, or its one exact term.
         source_of: dict[str, Any] = {}
         vectors: dict[Any, np.ndarray] = {}
+        anchors: dict[str, Hit] = {}
         to_embed: dict[str, None] = {}
         for label in labels:
             anchor = _single_term_hit(keys[label], hits)
             if anchor is not None:
-                source = ("term", anchor[0]["term_id"])
-                vectors.setdefault(source, anchor[1])
+                term_id = anchor[0]["term_id"]
+                if term_id not in anchors or anchor[0].get("kind") == "label":
+                    anchors[term_id] = anchor
+                source_of[label] = ("term", term_id)
             else:
                 text = embedding_text(label)
-                source = ("text", text)
+                source_of[label] = ("text", text)
                 to_embed[text] = None
-            source_of[label] = source
+        # A synonym or alias hit stands for its term: the term's label vector finds its neighbours
+        # (shorthand such as "AT2" embeds poorly; the label it stands for does not).
+        label_records = self._fetch_terms(
+            {term_id for term_id, (meta, _) in anchors.items() if meta.get("kind") != "label"}
+        )
+        for term_id, (_meta, vector) in anchors.items():
+            vectors[("term", term_id)] = label_records[term_id][1] if term_id in label_records else vector
         if to_embed:
             texts = list(to_embed)
             embedded = np.asarray(self.embedder.embed(texts), dtype=np.float32)
@@ -378,7 +386,7 @@ def match(
 
 
 def _single_term_hit(keys: list[str], hits: dict[str, list[Hit]]) -> Hit | None:
-    """The best exact-hit record when all of a label's exact hits are one term, else None."""
+    """An exact-hit record (its label record if hit) when all of a label's hits are one term, else None."""
     found = [hit for key in keys for hit in hits.get(key, ())]
     if not found or len({meta["term_id"] for meta, _ in found}) != 1:
         return None

@@ -202,6 +202,17 @@ def test_labels_with_one_exact_term_are_not_embedded(client: Any, embedder: Any)
     assert all(m.score < 1.0 for m in b_cells[1:])
 
 
+def test_a_synonym_hit_is_followed_by_the_neighbours_of_its_terms_label(client: Any, embedder: Any) -> None:
+    counting = CountingEmbedder(embedder)
+    # "OLs" embeds far from oligodendrocytes; the term's label does not
+    [by_synonym] = match(["OLs"], "cl", top_k=4, client=client, embedder=counting)
+    [by_label] = match(["oligodendrocyte"], "cl", top_k=4, client=client, embedder=counting)
+    assert counting.calls == []
+    assert by_synonym[0].term_id == by_label[0].term_id == "CL:0000128"
+    assert by_synonym[0].matched_text == "OLs" and by_label[0].matched_text == "oligodendrocyte"
+    assert [m.term_id for m in by_synonym[1:]] == [m.term_id for m in by_label[1:]]
+
+
 def test_an_exact_hit_on_several_terms_is_embedded_to_order_them(client: Any, embedder: Any) -> None:
     counting = CountingEmbedder(embedder)
     [found] = match(["BM2 B cells"], "cl", top_k=3, client=client, embedder=counting)

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from ontosearch.indexing import SYNONYM_ID_SEPARATOR
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys
 from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
 
@@ -414,7 +413,8 @@ def _hits(coll: Any, fields: str | tuple[str, ...], keys: set[str]) -> dict[str,
 
 
 def _term_of(record_id: str) -> str:
-    return record_id.split(SYNONYM_ID_SEPARATOR, 1)[0]
+    """`CL:0000815`, `CL:0000815#s2` (synonym) and `CL:0000815#a0` (alias) all belong to CL:0000815."""
+    return record_id.split("#", 1)[0]
 
 
 def _nearest_records(ids: list[str], distances: list[float], keep: int) -> list[tuple[str, float]]:

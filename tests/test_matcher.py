@@ -292,3 +292,11 @@ def test_http_client_through_chroma_run_answers_like_the_embedded_store(
     for http_matches, local_matches in zip(over_http, embedded, strict=True):
         assert [m.term_id for m in http_matches] == [m.term_id for m in local_matches]
         assert np.allclose([m.score for m in http_matches], [m.score for m in local_matches], atol=1e-4)
+
+
+def test_synonym_and_alias_records_count_as_their_term_among_the_nearest() -> None:
+    from ontosearch.matcher import _nearest_records
+
+    ids = ["CL:0000001#a0", "CL:0000001", "CL:0000002#s1", "CL:0000001#s3", "CL:0000003"]
+    nearest = _nearest_records(ids, [0.1, 0.2, 0.3, 0.35, 0.4], keep=2)
+    assert nearest == [("CL:0000001#a0", 0.1), ("CL:0000002#s1", 0.3)]

@@ -56,6 +56,9 @@ CACHE_BYTES = 64 << 20
 ONNX_MAX_COSINE_GAP = 1e-3
 ENV_BACKEND = "ONTOSEARCH_EMBEDDER_BACKEND"  # "auto" (default), "torch" or "onnx"
 ENV_CACHE_DIR = "ONTOSEARCH_CACHE_DIR"
+# Threads of one ONNX session (default: one per core). A snapshot build runs one single-thread
+# session per core in worker processes instead (`ontosearch.embed_pool`).
+ENV_THREADS = "ONTOSEARCH_EMBEDDER_THREADS"
 PROBE_TEXTS = (
     "CD4-positive, alpha-beta T cell",
     "hepatocytes",
@@ -87,6 +90,20 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+def session_threads() -> int:
+    """Intra-op threads for an ONNX session: `ONTOSEARCH_EMBEDDER_THREADS` if set, else one per core."""
+    value = os.environ.get(ENV_THREADS, "").strip()
+    if not value:
+        return cpu_count()
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise EmbedderError(f"{ENV_THREADS} must be a positive whole number, got {value!r}")
+    return threads
 
 
 class Embedder(ABC):
@@ -364,7 +381,7 @@ class OnnxEmbedder(TransformerEmbedder):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = cpu_count()
+        options.intra_op_num_threads = session_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

@@ -42,6 +42,8 @@ LAYOUT_VERSION = 2
 SYNONYM_ID_SEPARATOR = "#s"
 ALIAS_ID_SEPARATOR = "#a"
 DEFAULT_BATCH_SIZE = 1024
+# Texts per embedder call while indexing (several `collection.add` batches).
+EMBED_CHUNK = 4096
 
 # HNSW settings shipped with every collection. Chroma 1.x defaults are ef_search=100, M=16; a
 # larger search ef costs little at this scale and keeps recall@10 against exact search high.
@@ -213,17 +215,18 @@ def index_ontology(
 
         bar = tqdm(total=len(records), desc=f"indexing {name}", unit="rec")
     try:
-        for start in range(0, len(records), step):
-            chunk = records[start:start + step]
-            vectors = embedder.embed([text for _, text, _, _ in chunk])
-            collection.add(
-                ids=[record_id for record_id, _, _, _ in chunk],
-                embeddings=vectors,
-                metadatas=[meta for _, _, meta, _ in chunk],
-                documents=[document for _, _, _, document in chunk],
-            )
-            if bar is not None:
-                bar.update(len(chunk))
+        for start, vectors in _embedded_chunks(embedder, [text for _, text, _, _ in records]):
+            for offset in range(0, len(vectors), step):
+                end = min(offset + step, len(vectors))
+                chunk = records[start + offset:start + end]
+                collection.add(
+                    ids=[record_id for record_id, _, _, _ in chunk],
+                    embeddings=vectors[offset:end],
+                    metadatas=[meta for _, _, meta, _ in chunk],
+                    documents=[document for _, _, _, document in chunk],
+                )
+                if bar is not None:
+                    bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
@@ -237,6 +240,24 @@ def index_ontology(
         "terms": len(ontology.terms),
         "records": count,
     }
+
+
+def _embedded_chunks(embedder: Any, texts: list[str]) -> Iterator[tuple[int, Any]]:
+    """(start, vectors) for consecutive chunks of `texts`, `EMBED_CHUNK` texts each.
+
+    Chunks larger than one `collection.add` let the embedder sort more texts by token length (less
+    padding, fewer batches). An embedder with `submit`/`result` (`ontosearch.embed_pool.EmbedderPool`)
+    gets every chunk at once and embeds ahead in other processes while this one inserts.
+    """
+    starts = range(0, len(texts), EMBED_CHUNK)
+    submit = getattr(embedder, "submit", None)
+    if submit is None:
+        for start in starts:
+            yield start, embedder.embed(texts[start:start + EMBED_CHUNK])
+        return
+    tickets = [(start, submit(texts[start:start + EMBED_CHUNK])) for start in starts]
+    for start, ticket in tickets:
+        yield start, embedder.result(ticket)
 
 
 def _max_batch(client: Any) -> int:

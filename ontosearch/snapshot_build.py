@@ -54,29 +54,38 @@ def _index_worker(
     progress: bool,
     result_path: str,
 ) -> None:
-    """Child process: load, embed and index every ontology, then exit (which flushes Chroma)."""
+    """Child process: load, embed and index every ontology, then exit (which flushes Chroma).
+
+    Embedding runs in `EmbedderPool` worker processes (one single-thread session per core) that work
+    ahead while this process inserts into Chroma: insertion holds the GIL, so a thread could not overlap.
+    """
     import json
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     try:
-        import chromadb
+        from ontosearch.embed_pool import EmbedderPool
 
-        from ontosearch.embedders import get_embedder
-        from ontosearch.indexing import index_ontology
-        from ontosearch.ontologies import load_ontology
+        # Workers start loading the model now, while this process opens Chroma and the ontology.
+        with EmbedderPool(embedder_name) as embedder:
+            import chromadb
 
-        embedder = get_embedder(embedder_name)
-        client = chromadb.PersistentClient(path=persist_dir)
-        collections = []
-        for source in sources:
-            if isinstance(source, str):
-                print(f"build-snapshot: loading {source}", file=sys.stderr, flush=True)
-                ontology = load_ontology(source, versions.get(source), obo_paths.get(source))
-            else:
-                ontology = source
-            entry = index_ontology(client, ontology, embedder, progress=progress, synonyms=synonyms)
-            collections.append(entry)
-        result = {"collections": collections, "embedder": embedder.spec()}
+            from ontosearch.indexing import index_ontology
+            from ontosearch.ontologies import load_ontology
+
+            client = chromadb.PersistentClient(path=persist_dir)
+            collections = []
+            for source in sources:
+                if isinstance(source, str):
+                    print(f"build-snapshot: loading {source}", file=sys.stderr, flush=True)
+                    ontology = load_ontology(source, versions.get(source), obo_paths.get(source))
+                else:
+                    ontology = source
+                started = time.monotonic()
+                entry = index_ontology(client, ontology, embedder, progress=progress, synonyms=synonyms)
+                print(f"build-snapshot: indexed {entry['name']}: {entry['records']} records in "
+                      f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+                collections.append(entry)
+            result = {"collections": collections, "embedder": embedder.spec()}
     except Exception as exc:  # reported by the parent as one line; the traceback goes to stderr
         traceback.print_exc(file=sys.stderr)
         result = {"error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,72 @@
+"""EmbedderPool: embedding in single-thread worker processes gives the in-process embedder's vectors
+exactly, in submission order, reports the same spec, and fails with a clear error instead of hanging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ontosearch import embedders
+from ontosearch.embed_pool import EmbedderPool
+from ontosearch.embedders import EmbedderError, get_embedder
+
+TEXTS = [
+    "CD4-positive, alpha-beta T cell",
+    "hepatocytes",
+    "lung adenocarcinoma",
+    "left ventricle of heart",
+    "Tregs",
+    "type II pneumocyte of the alveolus in the adult human lung",
+    "x",
+    "Crohn's disease",
+    "hepatocytes",
+    "B cell",
+]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EmbedderPool(workers=2) as running:
+        yield running
+
+
+def test_pool_vectors_equal_the_in_process_embedder_bit_for_bit(pool):
+    expected = get_embedder().embed(TEXTS)
+    # Chunks submitted together go to whichever worker is free; results come back per ticket.
+    tickets = [pool.submit(TEXTS[i:i + 3]) for i in range(0, len(TEXTS), 3)]
+    got = np.concatenate([pool.result(t) for t in reversed(tickets)][::-1])
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got, expected)
+    assert np.array_equal(pool.embed(TEXTS), expected)
+
+
+def test_pool_reports_the_embedders_spec(pool):
+    assert pool.spec() == get_embedder().spec()
+
+
+def test_workers_stop_on_close_and_close_is_idempotent():
+    pool = EmbedderPool(workers=1)
+    assert pool.embed(["hepatocyte"]).shape == (1, get_embedder().dimensions)
+    processes = list(pool._processes)
+    pool.close()
+    pool.close()
+    assert all(not p.is_alive() for p in processes)
+    with pytest.raises(EmbedderError, match="pool is closed"):
+        pool.submit(["hepatocyte"])
+
+
+def test_an_embedder_that_cannot_load_is_a_clear_error_not_a_hang():
+    with EmbedderPool("no-such-embedder", workers=2) as pool:
+        with pytest.raises(EmbedderError, match="cannot load embedder no-such-embedder: .*unknown embedder"):
+            pool.spec()
+
+
+def test_session_threads_follow_the_environment(monkeypatch):
+    monkeypatch.delenv(embedders.ENV_THREADS, raising=False)
+    assert embedders.session_threads() == embedders.cpu_count()
+    monkeypatch.setenv(embedders.ENV_THREADS, "1")
+    assert embedders.session_threads() == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(embedders.ENV_THREADS, bad)
+        with pytest.raises(EmbedderError, match="EMBEDDER_THREADS must be a positive whole number"):
+            embedders.session_threads()

@@ -1,0 +1,54 @@
+"""index_ontology: embedding in chunks (in-process or through EmbedderPool workers) stores every record
+once, with the vector the embedder gives its text, whatever the chunk and insert batch sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ontosearch import indexing
+from ontosearch.embed_pool import EmbedderPool
+from ontosearch.embedders import get_embedder
+
+
+@pytest.fixture(scope="module")
+def small_cl():
+    from ontosearch.ontologies import Ontology, load_ontology
+
+    cl = load_ontology("cl")
+    return Ontology(cl.name, cl.version, cl.terms[:60])
+
+
+def _stored(client, name):
+    got = client.get_collection(name).get(include=["embeddings", "metadatas"])
+    return {i: (m["text"], np.asarray(e, dtype=np.float32))
+            for i, m, e in zip(got["ids"], got["metadatas"], got["embeddings"], strict=True)}
+
+
+@pytest.mark.parametrize("use_pool", [False, True], ids=["in-process", "pool"])
+def test_chunked_indexing_stores_each_records_own_vector(small_cl, tmp_path, monkeypatch, use_pool):
+    import chromadb
+
+    records = list(indexing._records(small_cl, True))
+    assert len(records) > 60
+    # Chunks and insert batches that do not divide the record count, and do not divide each other.
+    monkeypatch.setattr(indexing, "EMBED_CHUNK", 23)
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    embedder = get_embedder()
+    if use_pool:
+        with EmbedderPool(workers=2) as pool:
+            info = indexing.index_ontology(client, small_cl, pool, progress=False, batch_size=10)
+    else:
+        info = indexing.index_ontology(client, small_cl, embedder, progress=False, batch_size=10)
+
+    assert info["records"] == len(records)
+    stored = _stored(client, info["name"])
+    assert sorted(stored) == sorted(record_id for record_id, _, _, _ in records)
+    texts = [text for _, text, _, _ in records]
+    expected = embedder.embed(texts)
+    for (record_id, text, _, _), vector in zip(records, expected, strict=True):
+        assert stored[record_id][0] == text
+        np.testing.assert_allclose(stored[record_id][1], vector, rtol=0, atol=1e-6)
+    metadata = client.get_collection(info["name"]).metadata
+    assert metadata["embedder_name"] == embedder.spec()["name"]
+    assert metadata["layout"] == indexing.LAYOUT_VERSION

@@ -24,7 +24,7 @@ def terms() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", ONTOLOGIES)
-@pytest.mark.parametrize("set_name", ["realworld", "variants"])
+@pytest.mark.parametrize("set_name", ["realworld", "realworld2", "variants"])
 def test_each_set_has_at_least_50_labels_with_live_expected_terms(
     terms: dict[str, dict], name: str, set_name: str
 ) -> None:
@@ -62,3 +62,9 @@ def test_real_world_cell_types_are_not_copies_of_ontology_names(terms: dict[str,
         if any(case.label == cl[t].label or case.label in cl[t].synonyms for t in case.expected)
     ]
     assert len(verbatim) <= len(cases) * 0.05
+
+
+@pytest.mark.parametrize("name", ONTOLOGIES)
+def test_the_second_real_world_set_shares_no_label_with_the_first(name: str) -> None:
+    first = {case.label.casefold() for case in read_set("realworld", name)}
+    assert not [case.label for case in read_set("realworld2", name) if case.label.casefold() in first]

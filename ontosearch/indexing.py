@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from ontosearch.aliases import alias_table_sha256, aliases_by_term
@@ -177,6 +178,31 @@ def count_records(ontology: Ontology, synonyms: bool = True) -> int:
     return sum(1 for _ in _records(ontology, synonyms))
 
 
+@dataclass
+class PreparedRecords:
+    """An ontology's records, their embedding already under way when the embedder is a pool.
+
+    A build prepares the next ontology while it inserts the current one, so the embedding workers
+    never wait for the indexing process to finish a collection and load the next ontology.
+    """
+
+    ontology: Ontology
+    synonyms: bool
+    records: list[tuple[str, str, dict[str, Any], str]]
+    tickets: list[tuple[int, Any]] = field(default_factory=list)  # (start, ticket) per submitted chunk
+
+
+def prepare_records(ontology: Ontology, embedder: Any, synonyms: bool = True) -> PreparedRecords:
+    """The ontology's records; with an `EmbedderPool` every chunk is submitted for embedding now."""
+    records = list(_records(ontology, synonyms))
+    prepared = PreparedRecords(ontology, synonyms, records)
+    submit = getattr(embedder, "submit", None)
+    if submit is not None:
+        prepared.tickets = [(start, submit([text for _, text, _, _ in records[start:start + EMBED_CHUNK]]))
+                            for start in range(0, len(records), EMBED_CHUNK)]
+    return prepared
+
+
 def index_ontology(
     client: Any,
     ontology: Ontology,
@@ -185,11 +211,16 @@ def index_ontology(
     batch_size: int = DEFAULT_BATCH_SIZE,
     synonyms: bool = True,
     name: str | None = None,
+    prepared: PreparedRecords | None = None,
 ) -> dict[str, Any]:
     """Create the ontology's collection (replacing one of the same name) and fill it.
 
-    Returns {"name", "ontology", "source_version", "terms", "records"} for the snapshot manifest.
+    `prepared` (from `prepare_records` with the same ontology, embedder and `synonyms`) supplies the
+    records and their embedding already under way. Returns {"name", "ontology", "source_version",
+    "terms", "records"} for the snapshot manifest.
     """
+    if prepared is not None and (prepared.ontology is not ontology or prepared.synonyms != synonyms):
+        raise ValueError("prepared records belong to another ontology or synonyms setting")
     name = name or collection_name(ontology.name, ontology.version)
     metadata: dict[str, Any] = {
         **HNSW_METADATA,
@@ -207,7 +238,8 @@ def index_ontology(
         client.delete_collection(name)
     collection = client.create_collection(name=name, metadata=metadata, embedding_function=None)
 
-    records = list(_records(ontology, synonyms))
+    prepared = prepared or prepare_records(ontology, embedder, synonyms)
+    records = prepared.records
     step = max(1, min(batch_size, _max_batch(client)))
     bar = None
     if progress:
@@ -215,7 +247,7 @@ def index_ontology(
 
         bar = tqdm(total=len(records), desc=f"indexing {name}", unit="rec")
     try:
-        for start, vectors in _embedded_chunks(embedder, [text for _, text, _, _ in records]):
+        for start, vectors in _embedded_chunks(embedder, prepared):
             for offset in range(0, len(vectors), step):
                 end = min(offset + step, len(vectors))
                 chunk = records[start + offset:start + end]
@@ -242,22 +274,20 @@ def index_ontology(
     }
 
 
-def _embedded_chunks(embedder: Any, texts: list[str]) -> Iterator[tuple[int, Any]]:
-    """(start, vectors) for consecutive chunks of `texts`, `EMBED_CHUNK` texts each.
+def _embedded_chunks(embedder: Any, prepared: PreparedRecords) -> Iterator[tuple[int, Any]]:
+    """(start, vectors) for consecutive chunks of the records, `EMBED_CHUNK` texts each.
 
     Chunks larger than one `collection.add` let the embedder sort more texts by token length (less
-    padding, fewer batches). An embedder with `submit`/`result` (`ontosearch.embed_pool.EmbedderPool`)
-    gets every chunk at once and embeds ahead in other processes while this one inserts.
+    padding, fewer batches). A pool (`ontosearch.embed_pool.EmbedderPool`) got every chunk in
+    `prepare_records` and embeds ahead in other processes while this one inserts.
     """
-    starts = range(0, len(texts), EMBED_CHUNK)
-    submit = getattr(embedder, "submit", None)
-    if submit is None:
-        for start in starts:
-            yield start, embedder.embed(texts[start:start + EMBED_CHUNK])
+    if prepared.tickets:
+        for start, ticket in prepared.tickets:
+            yield start, embedder.result(ticket)
         return
-    tickets = [(start, submit(texts[start:start + EMBED_CHUNK])) for start in starts]
-    for start, ticket in tickets:
-        yield start, embedder.result(ticket)
+    records = prepared.records
+    for start in range(0, len(records), EMBED_CHUNK):
+        yield start, embedder.embed([text for _, text, _, _ in records[start:start + EMBED_CHUNK]])
 
 
 def _max_batch(client: Any) -> int:

@@ -69,19 +69,26 @@ def _index_worker(
         with EmbedderPool(embedder_name) as embedder:
             import chromadb
 
-            from ontosearch.indexing import index_ontology
+            from ontosearch.indexing import index_ontology, prepare_records
             from ontosearch.ontologies import load_ontology
+
+            def prepare(source: Any) -> Any:
+                if isinstance(source, str):
+                    print(f"build-snapshot: loading {source}", file=sys.stderr, flush=True)
+                    source = load_ontology(source, versions.get(source), obo_paths.get(source))
+                return prepare_records(source, embedder, synonyms)
 
             client = chromadb.PersistentClient(path=persist_dir)
             collections = []
-            for source in sources:
-                if isinstance(source, str):
-                    print(f"build-snapshot: loading {source}", file=sys.stderr, flush=True)
-                    ontology = load_ontology(source, versions.get(source), obo_paths.get(source))
-                else:
-                    ontology = source
+            upcoming = prepare(sources[0])
+            for index in range(len(sources)):
+                current = upcoming
+                # The next ontology's chunks queue behind this one's: the workers never wait for
+                # this process to finish a collection and load the next ontology.
+                upcoming = prepare(sources[index + 1]) if index + 1 < len(sources) else None
                 started = time.monotonic()
-                entry = index_ontology(client, ontology, embedder, progress=progress, synonyms=synonyms)
+                entry = index_ontology(client, current.ontology, embedder, progress=progress,
+                                       synonyms=synonyms, prepared=current)
                 print(f"build-snapshot: indexed {entry['name']}: {entry['records']} records in "
                       f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
                 collections.append(entry)

@@ -52,3 +52,31 @@ def test_chunked_indexing_stores_each_records_own_vector(small_cl, tmp_path, mon
     metadata = client.get_collection(info["name"]).metadata
     assert metadata["embedder_name"] == embedder.spec()["name"]
     assert metadata["layout"] == indexing.LAYOUT_VERSION
+
+
+def test_prepared_records_of_another_ontology_are_refused(small_cl, tmp_path):
+    import chromadb
+
+    from ontosearch.ontologies import Ontology
+
+    other = Ontology(small_cl.name, small_cl.version, small_cl.terms[:5])
+    embedder = get_embedder()
+    prepared = indexing.prepare_records(other, embedder)
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    with pytest.raises(ValueError, match="prepared records belong to another ontology"):
+        indexing.index_ontology(client, small_cl, embedder, progress=False, prepared=prepared)
+    with pytest.raises(ValueError, match="prepared records belong to another ontology"):
+        indexing.index_ontology(client, other, embedder, progress=False, synonyms=False, prepared=prepared)
+
+
+def test_pool_prepares_every_chunk_ahead_and_indexing_collects_them(small_cl, tmp_path, monkeypatch):
+    import chromadb
+
+    monkeypatch.setattr(indexing, "EMBED_CHUNK", 16)
+    client = chromadb.PersistentClient(path=str(tmp_path / "db"))
+    with EmbedderPool(workers=2) as pool:
+        prepared = indexing.prepare_records(small_cl, pool)
+        assert [start for start, _ in prepared.tickets] == list(range(0, len(prepared.records), 16))
+        info = indexing.index_ontology(client, small_cl, pool, progress=False, prepared=prepared)
+        assert not pool._done  # every submitted chunk was collected
+    assert info["records"] == len(prepared.records) == indexing.count_records(small_cl)

@@ -68,6 +68,18 @@ def test_small_ontology_builds_a_verified_snapshot_that_answers_text_queries(sma
         assert hits["metadatas"][0][0]["term_id"] == "CL:0000182"
 
 
+def test_several_ontologies_build_into_one_snapshot_in_order(small_cl, tmp_path):
+    """The build embeds the next ontology while it inserts the current one; each collection is whole."""
+    from ontosearch.indexing import count_records
+    from ontosearch.ontologies import Ontology, load_ontology
+
+    uberon = load_ontology("uberon")
+    small_uberon = Ontology(uberon.name, uberon.version, uberon.terms[:30])
+    manifest = build_snapshot([small_cl, small_uberon], tmp_path / "snap", progress=False, log=_quiet)
+    assert [(c.ontology, c.records) for c in manifest.collections] == [
+        ("cl", count_records(small_cl)), ("uberon", count_records(small_uberon))]
+
+
 def test_failed_indexing_leaves_no_snapshot(tmp_path):
     from ontosearch.ontologies import Ontology
 

@@ -31,12 +31,29 @@ _START_TIMEOUT = 600.0
 
 
 def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any) -> None:
-    """Worker process: load the embedder with one thread, then embed chunks until told to stop."""
+    """Worker process: load the embedder with one thread, then embed chunks until told to stop.
+
+    A worker whose parent is gone (killed, out of memory) stops by itself: nothing else would stop it.
+    """
+    parent = multiprocessing.parent_process()
+    try:
+        _serve(name, tasks, results, loaded, wait_for, parent)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
+        pass
+    finally:
+        # Exit at once even if nobody reads what is still buffered (a parent that is gone or that
+        # stopped on an error); on a normal stop the parent has read every result already.
+        results.cancel_join_thread()
+
+
+def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any, parent: Any) -> None:
     os.environ[ENV_THREADS] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the torch backend's thread pool
     if wait_for is not None:
         # The first worker loads (and, on first use, exports) the model alone; no duplicate export.
-        wait_for.wait(_START_TIMEOUT)
+        while not wait_for.wait(_POLL_SECONDS):
+            if parent is not None and not parent.is_alive():
+                return
     try:
         from ontosearch.embedders import get_embedder
 
@@ -49,7 +66,12 @@ def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: A
         if loaded is not None:
             loaded.set()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=_POLL_SECONDS)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return
+            continue
         if task is None:
             return
         ticket, texts = task

@@ -3,6 +3,8 @@ exactly, in submission order, reports the same spec, and fails with a clear erro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from ontosearch import embedders
 from ontosearch.embed_pool import EmbedderPool
 from ontosearch.embedders import EmbedderError, get_embedder
 
+REPO = Path(__file__).resolve().parents[1]
 TEXTS = [
     "CD4-positive, alpha-beta T cell",
     "hepatocytes",
@@ -70,3 +73,46 @@ def test_session_threads_follow_the_environment(monkeypatch):
         monkeypatch.setenv(embedders.ENV_THREADS, bad)
         with pytest.raises(EmbedderError, match="EMBEDDER_THREADS must be a positive whole number"):
             embedders.session_threads()
+
+
+def test_workers_stop_by_themselves_when_their_parent_is_killed(tmp_path):
+    """A build killed from outside (OOM killer, kill -9) leaves no embedding workers behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "from ontosearch.embed_pool import EmbedderPool\n"
+        "pool = EmbedderPool(workers=2)\n"
+        "pool.submit(['hepatocyte'] * 50000)\n"  # 77 MB of vectors the parent never reads
+        "pool.spec()\n"
+        "print(' '.join(str(p.pid) for p in pool._processes), flush=True)\n"
+        "import time; time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # A zombie has exited; it only waits for init to reap it.
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:  # do not leave them running if the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"embedding workers {left} outlived their parent"

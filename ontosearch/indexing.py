@@ -44,7 +44,7 @@ SYNONYM_ID_SEPARATOR = "#s"
 ALIAS_ID_SEPARATOR = "#a"
 DEFAULT_BATCH_SIZE = 1024
 # Texts per embedder call while indexing (several `collection.add` batches).
-EMBED_CHUNK = 4096
+EMBED_CHUNK = 2048
 
 # HNSW settings shipped with every collection. Chroma 1.x defaults are ef_search=100, M=16; a
 # larger search ef costs little at this scale and keeps recall@10 against exact search high.

@@ -60,8 +60,10 @@ def _index_worker(
     ahead while this process inserts into Chroma: insertion holds the GIL, so a thread could not overlap.
     """
     import json
+    import resource
 
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    loading = [0.0]  # seconds spent loading ontologies and making their records
     try:
         from ontosearch.embed_pool import EmbedderPool
 
@@ -73,10 +75,13 @@ def _index_worker(
             from ontosearch.ontologies import load_ontology
 
             def prepare(source: Any) -> Any:
+                started = time.monotonic()
                 if isinstance(source, str):
                     print(f"build-snapshot: loading {source}", file=sys.stderr, flush=True)
                     source = load_ontology(source, versions.get(source), obo_paths.get(source))
-                return prepare_records(source, embedder, synonyms)
+                prepared = prepare_records(source, embedder, synonyms)
+                loading[0] += time.monotonic() - started
+                return prepared
 
             client = chromadb.PersistentClient(path=persist_dir)
             collections = []
@@ -93,6 +98,11 @@ def _index_worker(
                       f"{time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
                 collections.append(entry)
             result = {"collections": collections, "embedder": embedder.spec()}
+        # The workers have exited (and been waited for), so their CPU time is counted as children's.
+        own, workers = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        print(f"build-snapshot: CPU time: embedding workers {workers.ru_utime + workers.ru_stime:.0f} s, "
+              f"loading and inserting {own.ru_utime + own.ru_stime:.0f} s (loading ontologies and making "
+              f"records {loading[0]:.1f} s)", file=sys.stderr, flush=True)
     except Exception as exc:  # reported by the parent as one line; the traceback goes to stderr
         traceback.print_exc(file=sys.stderr)
         result = {"error": f"{type(exc).__name__}: {exc}"}

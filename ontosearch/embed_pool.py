@@ -41,9 +41,9 @@ def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: A
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
         pass
     finally:
-        # Exit at once even if nobody reads what is still buffered (a parent that is gone or that
-        # stopped on an error); on a normal stop the parent has read every result already.
-        results.cancel_join_thread()
+        if parent is not None and not parent.is_alive():
+            # Nobody will read what is still buffered: exit now instead of waiting to flush it.
+            results.cancel_join_thread()
 
 
 def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any, parent: Any) -> None:
@@ -150,6 +150,11 @@ class EmbedderPool:
             except queue.Empty:
                 dead = [p for p in self._processes if not p.is_alive()]
                 if dead:
+                    try:  # what a worker said before it exited (e.g. why it could not load) comes first
+                        kind, ticket, payload = self._results.get(timeout=_POLL_SECONDS)
+                        break
+                    except queue.Empty:
+                        pass
                     code = dead[0].exitcode
                     hint = "; killed (out of memory?)" if code is not None and code < 0 else ""
                     raise EmbedderError(f"embedding worker {dead[0].name} exited (code {code}) while "
@@ -173,12 +178,17 @@ class EmbedderPool:
                 self._tasks.put(None)
             except (OSError, ValueError):  # queue already broken: the join below still ends them
                 break
+        # Results nobody asked for (after an error) are drained, so no worker waits to flush them.
         deadline = time.monotonic() + 10
+        while any(p.is_alive() for p in self._processes) and time.monotonic() < deadline:
+            try:
+                self._results.get(timeout=0.1)
+            except (queue.Empty, OSError, ValueError, EOFError):
+                pass
         for process in self._processes:
-            process.join(max(0.1, deadline - time.monotonic()))
             if process.is_alive():
                 process.terminate()
-                process.join(5)
+            process.join(5)
         for q in (self._tasks, self._results):
             q.cancel_join_thread()
             q.close()

@@ -58,6 +58,19 @@ def test_workers_stop_on_close_and_close_is_idempotent():
         pool.submit(["hepatocyte"])
 
 
+def test_close_with_results_nobody_read_does_not_wait_for_a_timeout():
+    import time
+
+    pool = EmbedderPool(workers=1)
+    pool.spec()
+    pool.submit(["hepatocyte"] * 50000)  # 77 MB of vectors, more than a pipe holds, never read
+    time.sleep(1)
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 5
+    assert all(p.exitcode == 0 for p in pool._processes)
+
+
 def test_an_embedder_that_cannot_load_is_a_clear_error_not_a_hang():
     with EmbedderPool("no-such-embedder", workers=2) as pool:
         with pytest.raises(EmbedderError, match="cannot load embedder no-such-embedder: .*unknown embedder"):

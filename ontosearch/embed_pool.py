@@ -24,6 +24,10 @@ import numpy as np
 
 from ontosearch.embedders import ENV_THREADS, EmbedderError, cpu_count
 
+# Default worker count is one per core up to this: the inserting process takes about 1 ms per record
+# and a single-thread worker embeds one text in about 2.5 ms, so more workers would only wait (and
+# each holds a few hundred MB).
+MAX_WORKERS = 4
 # How long `result` waits between checks that the workers are still alive.
 _POLL_SECONDS = 1.0
 # How long a worker may take to load its embedder (an ONNX export on first use takes about a minute).
@@ -85,11 +89,12 @@ def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: An
 
 
 class EmbedderPool:
-    """`workers` processes that embed with the embedder called `name`, one thread each."""
+    """`workers` processes (default one per core, at most `MAX_WORKERS`) that embed with the embedder
+    called `name`, one thread each."""
 
     def __init__(self, name: str | None = None, workers: int | None = None) -> None:
         self.name = name
-        self.workers = max(1, workers if workers is not None else cpu_count())
+        self.workers = max(1, workers if workers is not None else min(cpu_count(), MAX_WORKERS))
         context = multiprocessing.get_context("spawn")
         self._tasks = context.Queue()
         self._results = context.Queue()

@@ -129,3 +129,17 @@ def test_workers_stop_by_themselves_when_their_parent_is_killed(tmp_path):
     for pid in left:  # do not leave them running if the assertion fails
         os.kill(pid, signal.SIGKILL)
     assert not left, f"embedding workers {left} outlived their parent"
+
+
+def test_default_worker_count_is_one_per_core_within_a_cap(monkeypatch):
+    import ontosearch.embed_pool as embed_pool
+
+    started = []
+    monkeypatch.setattr(embed_pool.multiprocessing.get_context("spawn").Process, "start",
+                        lambda self: started.append(self.name))
+    for cores, expected in ((1, 1), (2, 2), (64, embed_pool.MAX_WORKERS)):
+        monkeypatch.setattr(embed_pool, "cpu_count", lambda cores=cores: cores)
+        started.clear()
+        pool = EmbedderPool()
+        assert pool.workers == expected and len(started) == expected
+        pool._closed = True  # nothing was started, nothing to stop

@@ -385,6 +385,10 @@ class OnnxEmbedder(TransformerEmbedder):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle threads sleep instead of spinning. On idle cores this costs nothing measurable (789
+        # vs 793 texts/s on 2 cores); when other processes share them (a Chroma server beside the
+        # embedder, a busy laptop) spinning threads wait on descheduled peers: 227 vs 356 texts/s.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.onnx_path = Path(onnx_path)
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}

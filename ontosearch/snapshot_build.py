@@ -15,8 +15,10 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -131,7 +133,13 @@ def index_in_child(
         name="ontosearch-index",
     )
     process.start()
-    process.join()
+    try:
+        process.join()
+    except BaseException:
+        # Interrupted (Ctrl-C, or SIGTERM turned into KeyboardInterrupt by `main`): the indexing
+        # process is not a daemon and would go on writing; stop it and its embedding workers.
+        _stop(process)
+        raise
     if not result_path.exists():
         raise BuildError(f"the indexing process died (exit code {process.exitcode}) before it finished; "
                          "see the messages above (out of memory?)")
@@ -143,6 +151,19 @@ def index_in_child(
     fields = ("name", "ontology", "source_version", "terms", "records")
     collections = [CollectionInfo(**{k: c[k] for k in fields}) for c in result["collections"]]
     return collections, result["embedder"]
+
+
+def _stop(process: Any, grace: float = 10.0) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(grace)
+    if process.is_alive():
+        process.kill()
+        process.join(grace)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def verify_with_server(persist_dir: str | Path, manifest: Manifest, log: Log) -> None:
@@ -340,6 +361,21 @@ def main(argv: list[str]) -> int:
                         help="embed labels only (synonyms stay in metadata)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (`kill`, a container stop) cleans up like Ctrl-C: no indexing process left behind.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("build-snapshot: interrupted; no snapshot written", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from ontosearch.ontologies import OntologyError, resolve_ontology
         from ontosearch.restore import RestoreError

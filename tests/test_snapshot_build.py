@@ -146,3 +146,59 @@ def test_full_cell_ontology_builds_from_the_command_line(tmp_path):
     assert entry.ontology == "cl" and entry.terms > 3000
     assert "verified 1 collection(s) with a fresh chroma run" in result.stderr
     assert json.loads((out / MANIFEST_NAME).read_text())["archive"]["sha256"] == manifest.archive.sha256
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_indexing_process_and_its_workers_and_writes_nothing(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "snap"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ontosearch", "build-snapshot", "--ontologies", "uberon", "--out", str(out),
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and len(workers) < 2:  # the indexing process and a worker
+            workers = _descendants(process.pid)
+            time.sleep(0.2)
+        assert len(workers) >= 2, "the build never started its indexing process"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
+    assert not (out / MANIFEST_NAME).exists() and not list(out.glob("persist.tar*"))

@@ -43,6 +43,8 @@ DEFAULT_CHUNK_ROWS = 4096
 MAX_FAILED_CHUNKS = 3
 # Name prefix of a collection still being built (find_collection only looks at `<ontology>_*`).
 STAGING_PREFIX = "building-"
+# Lock file in the local store that serialises first-use builds of concurrent runs.
+BUILD_LOCK_NAME = ".ontosearch-build.lock"
 
 
 class AnnotateError(RuntimeError):
@@ -119,12 +121,36 @@ def open_client(args: argparse.Namespace, ontology: str, progress: bool) -> tupl
         client = connect()
     except ConnectError as exc:
         raise AnnotateError(str(exc)) from None
-    where = f"local store {os.environ.get(constants.ENV_PATH) or _default_path()}"
+    store = Path(os.environ.get(constants.ENV_PATH) or _default_path())
+    where = f"local store {store}"
     try:
         find_collection(client, ontology)
     except MatcherError:
-        build_local(client, ontology, args.embedder, progress)
+        # One build per store at a time: a second run waits, then finds the finished collection.
+        with _build_lock(store):
+            try:
+                find_collection(client, ontology)
+            except MatcherError:
+                build_local(client, ontology, args.embedder, progress)
     return client, where
+
+
+@contextmanager
+def _build_lock(store: Path) -> Iterator[None]:
+    """An exclusive lock on the store's build lock file (released when the process ends, too)."""
+    import fcntl
+
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / BUILD_LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _err(f"annotate: another run is building the local index in {store}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _default_path() -> Path:

@@ -346,3 +346,28 @@ def test_readme_first_command_on_the_bundled_example(tmp_path: Path) -> None:
     assert summary and summary.group(1) == str(len(labels)) and summary.group(2) == str(len(labels))
     assert "first use of cl" in proc.stderr
 
+
+
+@pytest.mark.slow
+def test_two_runs_on_a_fresh_store_build_the_index_once_and_both_annotate(tmp_path: Path) -> None:
+    labels = tmp_path / "l.txt"
+    labels.write_text("hepatocytes\nTregs\n")
+    env = {**os.environ, constants.ENV_PATH: str(tmp_path / "store")}
+    env.pop(constants.ENV_URL, None)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ontosearch", "annotate", "--input", str(labels), "--ontology", "cl",
+             "--output", str(tmp_path / f"o{i}.csv"), "--quiet"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    results = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err for _, err in results]
+    errors = "".join(err for _, err in results)
+    assert errors.count("first use of cl: building the local index") == 1
+    for i in range(2):
+        assert [r["term_id"] for r in read_output(tmp_path / f"o{i}.csv") if r["rank"] == "1"] == [
+            "CL:0000182", "CL:0000815"]
+    client = chromadb.PersistentClient(path=str(tmp_path / "store"))
+    assert [c.name for c in client.list_collections()] == [collection_name("cl", load_ontology("cl").version)]

@@ -28,11 +28,12 @@ key = StackKey("encryption", StackKeyArgs(deletion_protection=config.deletion_pr
 tokens = Tokens("tokens", TokensArgs(kms_key_arn=key.key_arn, deletion_protection=config.deletion_protection))
 images = Images("images", ImagesArgs(deletion_protection=config.deletion_protection))
 
-service = ChromaService("chroma", ChromaServiceArgs(
+# The inputs of the Chroma task (components.task_args.ChromaTaskArgs), the same for the always-on
+# service and the batch workflow's on-demand task.
+task_args = dict(
     vpc_id=network.vpc_id,
     vpc_cidr=network.vpc_cidr,
     private_subnet_ids=network.private_subnet_ids,
-    public_subnet_ids=network.public_subnet_ids,
     bucket_name=storage.bucket_name,
     bucket_arn=storage.bucket_arn,
     token_secret_arn=tokens.token_secret_arn,
@@ -45,37 +46,26 @@ service = ChromaService("chroma", ChromaServiceArgs(
     cpu=config.cpu,
     memory=config.memory,
     ephemeral_storage_gib=config.ephemeral_storage_gib,
+    log_retention_days=config.log_retention_days,
+    deletion_protection=config.deletion_protection,
+)
+
+service = ChromaService("chroma", ChromaServiceArgs(
+    **task_args,
+    public_subnet_ids=network.public_subnet_ids,
     min_replicas=config.min_replicas,
     max_replicas=config.max_replicas,
     snapshot_version=config.snapshot_version,
-    log_retention_days=config.log_retention_days,
     domain=config.domain,
     hosted_zone=config.hosted_zone,
     alarm_email=config.alarm_email,
-    deletion_protection=config.deletion_protection,
     depends_on=tokens.secret_versions,
 ))
 
 if config.batch_workflow:
     workflow = BatchWorkflow("batch", BatchWorkflowArgs(
-        vpc_id=network.vpc_id,
-        vpc_cidr=network.vpc_cidr,
-        private_subnet_ids=network.private_subnet_ids,
-        bucket_name=storage.bucket_name,
-        bucket_arn=storage.bucket_arn,
-        token_secret_arn=tokens.token_secret_arn,
-        admin_token_secret_arn=tokens.admin_token_secret_arn,
+        **task_args,
         cluster_arn=service.cluster_arn,
-        app_image=images.app_image,
-        chroma_image=images.chroma_image,
-        proxy_image=images.proxy_image,
-        repository_arns=images.repository_arns,
-        kms_key_arn=key.key_arn,
-        cpu=config.cpu,
-        memory=config.memory,
-        ephemeral_storage_gib=config.ephemeral_storage_gib,
-        log_retention_days=config.log_retention_days,
-        deletion_protection=config.deletion_protection,
         **args_from_config(config.extra),
     ))
     pulumi.export("batch_state_machine_arn", workflow.state_machine_arn)

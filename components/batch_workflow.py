@@ -27,6 +27,7 @@ import pulumi_docker_build as docker_build
 
 from components.chroma_service import assume_role_policy, execution_role_policy
 from components.encryption import decrypt_secrets_statement
+from components.task_args import ChromaTaskArgs
 from components.task_definition import (
     RUNTIME_PLATFORM,
     TASK_VOLUME,
@@ -46,33 +47,15 @@ OTHER_TIMEOUT_SECONDS = 300
 LAMBDA_VPC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 
 
-@dataclass
-class BatchWorkflowArgs:
-    vpc_id: pulumi.Input[str]
-    vpc_cidr: pulumi.Input[str]
-    private_subnet_ids: pulumi.Input[Sequence[str]]
-    bucket_name: pulumi.Input[str]
-    bucket_arn: pulumi.Input[str]
-    token_secret_arn: pulumi.Input[str]
-    admin_token_secret_arn: pulumi.Input[str]
+@dataclass(kw_only=True)
+class BatchWorkflowArgs(ChromaTaskArgs):
     cluster_arn: pulumi.Input[str]
-    app_image: pulumi.Input[str]
-    chroma_image: pulumi.Input[str]
-    proxy_image: pulumi.Input[str]
-    repository_arns: pulumi.Input[Sequence[str]]
-    # The stack key the token secrets (and logs) are encrypted with.
-    kms_key_arn: pulumi.Input[str] | None = None
-    cpu: int = 1024
-    memory: int = 2048
-    ephemeral_storage_gib: int = 21
     map_concurrency: int = 10
     workflow_timeout_seconds: int = 3600
     ready_timeout_seconds: int = 600
     chunk_size: int = 500
-    log_retention_days: int = 30
     # Build context of the Lambda image (the repository root, where `pulumi up` runs).
     context: str = "."
-    deletion_protection: bool = False
     # A prebuilt Lambda image URI instead of building lambdas/Dockerfile.
     lambda_image: pulumi.Input[str] | None = None
 

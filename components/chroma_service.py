@@ -18,6 +18,7 @@ import pulumi_aws as aws
 from ontosearch import constants as c
 
 from .encryption import decrypt_secrets_statement
+from .task_args import ChromaTaskArgs
 from .task_definition import RUNTIME_PLATFORM, TASK_VOLUME, TaskSpec, container_definitions
 
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
@@ -28,35 +29,15 @@ TARGET_CPU_PERCENT = 60
 TARGET_5XX_THRESHOLD = 5
 
 
-@dataclass
-class ChromaServiceArgs:
-    vpc_id: pulumi.Input[str]
-    vpc_cidr: pulumi.Input[str]
-    private_subnet_ids: pulumi.Input[Sequence[str]]
+@dataclass(kw_only=True)
+class ChromaServiceArgs(ChromaTaskArgs):
     public_subnet_ids: pulumi.Input[Sequence[str]]
-    bucket_name: pulumi.Input[str]
-    bucket_arn: pulumi.Input[str]
-    token_secret_arn: pulumi.Input[str]
-    admin_token_secret_arn: pulumi.Input[str]
-    app_image: pulumi.Input[str]
-    chroma_image: pulumi.Input[str]
-    proxy_image: pulumi.Input[str]
-    repository_arns: pulumi.Input[Sequence[str]]
-    # The stack key: encrypts the log group; the token secrets are encrypted with it too.
-    kms_key_arn: pulumi.Input[str]
-    cpu: int = 1024
-    memory: int = 2048
-    ephemeral_storage_gib: int = 21
     min_replicas: int = 1
     max_replicas: int = 1
     snapshot_version: str = "latest"
-    log_retention_days: int = 30
     domain: str | None = None
     hosted_zone: str | None = None
     alarm_email: str | None = None
-    deletion_protection: bool = False
-    # Security groups (e.g. the batch workflow's Lambdas) also allowed to reach the proxy port.
-    extra_ingress_security_group_ids: Sequence[pulumi.Input[str]] = ()
     # Resources the service must wait for (e.g. the secret versions the proxy reads).
     depends_on: Sequence[pulumi.Resource] = field(default_factory=list)
 
@@ -208,10 +189,6 @@ class ChromaService(pulumi.ComponentResource):
             opts=child)
         task_ingress = [{"protocol": "tcp", "from_port": c.PROXY_PORT, "to_port": c.PROXY_PORT,
                          "security_groups": [alb_sg.id], "description": "auth proxy, from the ALB only"}]
-        if args.extra_ingress_security_group_ids:
-            task_ingress.append({"protocol": "tcp", "from_port": c.PROXY_PORT, "to_port": c.PROXY_PORT,
-                                 "security_groups": list(args.extra_ingress_security_group_ids),
-                                 "description": "auth proxy, from the batch workflow"})
         task_sg = aws.ec2.SecurityGroup(
             f"{name}-task-sg",
             vpc_id=args.vpc_id,

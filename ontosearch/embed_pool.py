@@ -15,8 +15,10 @@ are handed to whichever worker is free, so callers submit everything ahead and c
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
+import threading
 import time
 from typing import Any
 
@@ -40,6 +42,8 @@ def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: A
     A worker whose parent is gone (killed, out of memory) stops by itself: nothing else would stop it.
     """
     parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_when_gone, args=(parent,), name="parent-watch", daemon=True).start()
     try:
         _serve(name, tasks, results, loaded, wait_for, parent)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
@@ -48,6 +52,16 @@ def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: A
         if parent is not None and not parent.is_alive():
             # Nobody will read what is still buffered: exit now instead of waiting to flush it.
             results.cancel_join_thread()
+
+
+def _exit_when_gone(parent: Any) -> None:
+    """Exit at once when the parent process is gone, wherever the worker's main thread is blocked.
+
+    Checking between chunks is not enough: a parent killed while it was still writing a chunk into
+    the task pipe leaves a partial message, and the worker reading it would wait forever for the rest.
+    """
+    multiprocessing.connection.wait([parent.sentinel])
+    os._exit(0)
 
 
 def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any, parent: Any) -> None:

@@ -88,7 +88,16 @@ def test_session_threads_follow_the_environment(monkeypatch):
             embedders.session_threads()
 
 
-def test_workers_stop_by_themselves_when_their_parent_is_killed(tmp_path):
+WHILE = {
+    # 77 MB of vectors the parent never reads
+    "results are unread": "pool.submit(['hepatocyte'] * 50000)\npool.spec()\n",
+    # killed while the workers still start, with a 1 MB chunk only partly written into the task pipe
+    "workers still start": "pool.submit([f'cell type {i}' for i in range(100000)])\n",
+}
+
+
+@pytest.mark.parametrize("moment", sorted(WHILE))
+def test_workers_stop_by_themselves_when_their_parent_is_killed(tmp_path, moment):
     """A build killed from outside (OOM killer, kill -9) leaves no embedding workers behind."""
     import os
     import signal
@@ -99,9 +108,8 @@ def test_workers_stop_by_themselves_when_their_parent_is_killed(tmp_path):
     script = (
         "from ontosearch.embed_pool import EmbedderPool\n"
         "pool = EmbedderPool(workers=2)\n"
-        "pool.submit(['hepatocyte'] * 50000)\n"  # 77 MB of vectors the parent never reads
-        "pool.spec()\n"
-        "print(' '.join(str(p.pid) for p in pool._processes), flush=True)\n"
+        + WHILE[moment]
+        + "print(' '.join(str(p.pid) for p in pool._processes), flush=True)\n"
         "import time; time.sleep(60)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,

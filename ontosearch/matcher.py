@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ontosearch.normalize import abbreviation_key, embedding_text, query_keys
+from ontosearch.normalize import abbreviation_key, embedding_text, query_keys, rewrite_label
 from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
 
 DEFAULT_BATCH_SIZE = 256
@@ -170,6 +170,7 @@ class Matcher:
             "disease_suffix": meta.get("ontology") == "mondo",
         }
         self._abbreviations = exact and int(meta.get("layout", 1)) >= 2
+        self._ontology = meta.get("ontology")
         self._total: int | None = None
         self._answers: OrderedDict[tuple[str, int], list[Match]] = OrderedDict()
         self._metadata: dict[str, dict[str, Any]] = {}
@@ -225,8 +226,9 @@ class Matcher:
         vector stands in for it when finding the neighbours ranked after it.
         """
         coll = self.collection
+        rewrites = {label: rewrite_label(label, self._ontology) if self.exact else [] for label in labels}
         keys = {
-            label: query_keys(label, **self._suffixes) if self.exact else [] for label in labels
+            label: _keys([label, *rewrites[label]], self._suffixes) if self.exact else [] for label in labels
         }
         hits: dict[str, list[Hit]] = {}
         for start in range(0, len(labels), batch_size):
@@ -257,7 +259,7 @@ class Matcher:
                     anchors[term_id] = anchor
                 source_of[label] = ("term", term_id)
             else:
-                text = embedding_text(label)
+                text = embedding_text(rewrites[label][0] if rewrites[label] else label)
                 source_of[label] = ("text", text)
                 to_embed[text] = None
         # A synonym or alias hit stands for its term: the term's label vector finds its neighbours
@@ -348,6 +350,11 @@ class Matcher:
             for meta, vector in zip(got["metadatas"] or [], vectors, strict=True):
                 self._terms[meta["term_id"]] = (meta, np.asarray(vector, dtype=np.float32))
         return {term_id: self._terms[term_id] for term_id in term_ids if term_id in self._terms}
+
+
+def _keys(texts: list[str], suffixes: dict[str, bool]) -> list[str]:
+    """Lookup keys of a label and then of its rewrites, most literal first, each once."""
+    return list(dict.fromkeys(key for text in texts for key in query_keys(text, **suffixes)))
 
 
 def _check_arguments(labels: Sequence[str], top_k: int, batch_size: int) -> None:

@@ -160,6 +160,81 @@ def embedding_text(text: str) -> str:
     return expand_markers(text)
 
 
+# Rewrites for labels written the way sample sheets and atlases write them, tried after the label
+# itself: the rewritten label gives more lookup keys and is what gets embedded.
+# Specimen words around a tissue name ("Liver biopsy", "Bone marrow aspirate", "Renal tissue").
+_SPECIMEN = {"biopsy", "biopsies", "tissue", "tissues", "sample", "samples", "specimen", "specimens",
+             "aspirate", "aspirates", "resection", "resections"}
+# An organ adjective left alone once the specimen word is gone -> the organ's name.
+_ORGAN_ADJECTIVES = {
+    "renal": "kidney", "hepatic": "liver", "splenic": "spleen", "thymic": "thymus", "ileal": "ileum",
+    "rectal": "rectum", "colonic": "colon", "gastric": "stomach", "pulmonary": "lung", "cardiac": "heart",
+    "endometrial": "endometrium", "cutaneous": "skin", "oesophageal": "esophagus", "esophageal": "esophagus",
+    "pancreatic": "pancreas", "duodenal": "duodenum", "jejunal": "jejunum", "cecal": "cecum",
+    "caecal": "cecum", "placental": "placenta", "tonsillar": "tonsil", "synovial": "synovium",
+    "prostatic": "prostate", "ovarian": "ovary", "testicular": "testis", "uterine": "uterus",
+    "cervical": "uterine cervix", "vaginal": "vagina", "adrenal": "adrenal gland", "mammary": "breast",
+}
+# Shorthand for a cell type's head noun in atlas cluster names ("CD14+ Mono", "M2 macs").
+_CELL_HEADS = {
+    "mono": "monocyte", "monos": "monocyte", "mac": "macrophage", "macs": "macrophage",
+    "macro": "macrophage", "macros": "macrophage", "nk": "natural killer cell", "cm": "cardiomyocyte",
+    "cms": "cardiomyocyte", "ec": "endothelial cell", "ecs": "endothelial cell", "smc": "smooth muscle cell",
+    "smcs": "smooth muscle cell", "fibro": "fibroblast", "fibros": "fibroblast", "neut": "neutrophil",
+    "neuts": "neutrophil", "dc": "dendritic cell", "dcs": "dendritic cell",
+}
+_PARENTHETICAL = re.compile(r"\s*\(([^()]*)\)\s*")
+_MARKERISH = re.compile(r"[+\u2212-]\s*$|\b(?:pos|neg|hi|lo|high|low)\b|^[A-Z0-9]{2,}[+-]?$")
+
+
+def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
+    """The label as the ontology would write it, for labels in sample-sheet or atlas style, best
+    first; empty when no rule applies.
+
+    "Club cells (SCGB1A1+)" -> "Club cells" (a marker in parentheses); "Stellate cells (liver)" ->
+    "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial"; for
+    tissues a specimen word is dropped and a lone organ adjective named ("Renal tissue" ->
+    "kidney"); for cell types a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
+    """
+    original = " ".join(text.split())
+    out = original
+    gtex = out.count(" - ") == 1
+
+    def parenthetical(match: re.Match[str]) -> str:
+        inner = match.group(1).strip()
+        if gtex or not inner or _MARKERISH.search(inner):
+            return " "
+        return " \x00" + inner + "\x00 "
+
+    if "(" in out:
+        out = _PARENTHETICAL.sub(parenthetical, out)
+        moved = re.findall("\x00([^\x00]*)\x00", out)
+        out = " ".join(re.sub("\x00[^\x00]*\x00", " ", out).split())
+        if moved and out:
+            out = " ".join(moved) + " " + out
+    variants = [out]
+    if gtex:
+        left, right = (part.strip() for part in out.split(" - "))
+        variants = [f"{right} {left}", right] if left and right else variants
+    rewritten = []
+    for variant in variants:
+        words = variant.split()
+        if ontology == "uberon":
+            kept = [word for word in words if word.lower() not in _SPECIMEN]
+            if kept and len(kept) < len(words):
+                words = kept
+            if len(words) == 1 and words[0].lower() in _ORGAN_ADJECTIVES:
+                words = _ORGAN_ADJECTIVES[words[0].lower()].split()
+        if ontology == "cl" and words:
+            last = words[-1].lower()
+            if last in _CELL_HEADS and (len(words) > 1 or last not in {"nk", "dc", "dcs", "ec", "ecs"}):
+                words = words[:-1] + _CELL_HEADS[last].split()
+        candidate = " ".join(words)
+        if candidate and candidate != original and candidate not in rewritten:
+            rewritten.append(candidate)
+    return rewritten
+
+
 # Words an initialism skips ("head and neck squamous cell carcinoma" -> HNSCC).
 _SKIP_IN_INITIALISM = {"of", "the", "and", "in", "to", "for", "with", "by", "a", "an", "or"}
 INITIALISM_MIN, INITIALISM_MAX = 2, 8

@@ -11,6 +11,7 @@ from ontosearch.normalize import (
     initialisms,
     normalize,
     query_keys,
+    rewrite_label,
     uninvert,
 )
 
@@ -119,3 +120,35 @@ def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
     assert "alzheimer disease" in query_keys("Alzheimer's", disease_suffix=True)
     assert "alzheimer disease" not in query_keys("Alzheimer's")
     assert query_keys("Crohn's disease", disease_suffix=True) == ["crohn disease"]
+
+
+@pytest.mark.parametrize(
+    ("label", "ontology", "rewritten"),
+    [
+        ("Club cells (SCGB1A1+)", "cl", ["Club cells"]),
+        ("Treg (FOXP3+)", "cl", ["Treg"]),
+        ("Stellate cells (liver)", "cl", ["liver Stellate cells"]),
+        ("CD14+ Mono", "cl", ["CD14+ monocyte"]),
+        ("M2 macs", "cl", ["M2 macrophage"]),
+        ("CD16+ NK", "cl", ["CD16+ natural killer cell"]),
+        ("Artery - Tibial", "uberon", ["Tibial Artery", "Tibial"]),
+        ("Brain - Putamen (basal ganglia)", "uberon", ["Putamen Brain", "Putamen"]),
+        ("Liver biopsy", "uberon", ["Liver"]),
+        ("Bone marrow aspirate", "uberon", ["Bone marrow"]),
+        ("Renal tissue", "uberon", ["kidney"]),
+        ("Ileal biopsy", "uberon", ["ileum"]),
+    ],
+)
+def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_them(
+    label: str, ontology: str, rewritten: list[str]
+) -> None:
+    assert rewrite_label(label, ontology) == rewritten
+
+
+@pytest.mark.parametrize(
+    ("label", "ontology"),
+    [("T cells", "cl"), ("NK", "cl"), ("DCs", "cl"), ("left ventricle", "uberon"), ("tissue", "uberon"),
+     ("Liver biopsy", "cl"), ("CD14+ Mono", "uberon"), ("Crohn's disease", "mondo")],
+)
+def test_labels_without_such_forms_are_left_alone(label: str, ontology: str) -> None:
+    assert rewrite_label(label, ontology) == []

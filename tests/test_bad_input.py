@@ -279,6 +279,7 @@ def test_result_writer_accounts_for_every_row(data: bytes) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(data=any_bytes, fmt=st.sampled_from(["txt", "csv", "tsv", "jsonl"]), chunk_size=st.integers(1, 7))
+@example(data="a\u0085b\u2028c\n".encode(), fmt="txt", chunk_size=1)  # line breaks only to str.splitlines
 def test_split_puts_every_row_in_exactly_one_chunk(s3, data: bytes, fmt: str, chunk_size: int) -> None:
     key = f"{WORKFLOW_INPUT_PREFIX}fuzz.{fmt}"
     s3.put_object(Bucket=BUCKET, Key=key, Body=data)

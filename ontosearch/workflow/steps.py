@@ -270,7 +270,9 @@ def read_chunk(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
         raise ChunkQueryError(
             f"chunk s3://{bucket}/{key} is missing; the split step's output was removed") from None
     try:
-        return [json.loads(line) for line in body.decode("utf-8").splitlines() if line.strip()]
+        # Split on "\n" only: str.splitlines also breaks at U+0085, U+2028 and other characters a
+        # label may hold (json.dumps with ensure_ascii=False writes them as they are).
+        return [json.loads(line) for line in body.decode("utf-8").split("\n") if line.strip()]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ChunkQueryError(f"chunk s3://{bucket}/{key} is not valid JSON lines ({exc})") from None
 

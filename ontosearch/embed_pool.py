@@ -45,33 +45,28 @@ def _worker(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: A
     if parent is not None:
         threading.Thread(target=_exit_when_gone, args=(parent,), name="parent-watch", daemon=True).start()
     try:
-        _serve(name, tasks, results, loaded, wait_for, parent)
+        _serve(name, tasks, results, loaded, wait_for)
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it
         pass
-    finally:
-        if parent is not None and not parent.is_alive():
-            # Nobody will read what is still buffered: exit now instead of waiting to flush it.
-            results.cancel_join_thread()
 
 
 def _exit_when_gone(parent: Any) -> None:
     """Exit at once when the parent process is gone, wherever the worker's main thread is blocked.
 
-    Checking between chunks is not enough: a parent killed while it was still writing a chunk into
-    the task pipe leaves a partial message, and the worker reading it would wait forever for the rest.
+    The main thread may be loading the model, embedding, or blocked in a queue read or write (a
+    result nobody will read, a chunk a killed parent never finished sending); checking for the
+    parent between chunks would miss all of those. Nothing the worker holds needs flushing.
     """
     multiprocessing.connection.wait([parent.sentinel])
     os._exit(0)
 
 
-def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any, parent: Any) -> None:
+def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: Any) -> None:
     os.environ[ENV_THREADS] = "1"
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the torch backend's thread pool
     if wait_for is not None:
         # The first worker loads (and, on first use, exports) the model alone; no duplicate export.
-        while not wait_for.wait(_POLL_SECONDS):
-            if parent is not None and not parent.is_alive():
-                return
+        wait_for.wait()
     try:
         from ontosearch.embedders import get_embedder
 
@@ -84,12 +79,7 @@ def _serve(name: str | None, tasks: Any, results: Any, loaded: Any, wait_for: An
         if loaded is not None:
             loaded.set()
     while True:
-        try:
-            task = tasks.get(timeout=_POLL_SECONDS)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return
-            continue
+        task = tasks.get()
         if task is None:
             return
         ticket, texts = task

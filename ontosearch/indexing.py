@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,40 +116,39 @@ def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dic
         if not synonyms:
             continue
         seen = {label_norm}
-        for index, synonym in enumerate(term.synonyms):
-            norm = normalize(synonym)
-            if not norm or norm in seen:
-                continue
-            seen.add(norm)
-            yield (
-                f"{term.id}{SYNONYM_ID_SEPARATOR}{index}",
-                synonym,
-                {**base, "kind": "synonym", "text": synonym, "norm": norm, **_abbr(synonym)},
-                synonym,
-            )
-        yield from _alias_records(term, base, seen, aliases.get(term.id, ()))
+        yield from _name_records(term, base, seen, term.synonyms, "synonym", SYNONYM_ID_SEPARATOR)
+        # Curated aliases (`ontosearch.aliases`) carry no initialisms: they are shorthand already,
+        # and the initials of a lay name ("lazy eye") are not how anyone abbreviates the term, so
+        # they would only add wrong abbreviation hits.
+        yield from _name_records(term, base, seen, aliases.get(term.id, ()), "alias", ALIAS_ID_SEPARATOR,
+                                 initialisms=False)
 
 
-def _alias_records(
-    term: Term, base: dict[str, Any], seen: set[str], aliases: tuple[str, ...]
+def _name_records(
+    term: Term,
+    base: dict[str, Any],
+    seen: set[str],
+    names: Sequence[str],
+    kind: str,
+    separator: str,
+    initialisms: bool = True,
 ) -> Iterator[tuple[str, str, dict[str, Any], str]]:
-    """Records for the curated aliases of `term` (`ontosearch.aliases`), shaped like synonym records.
+    """One record per further name of `term` (synonym or alias), shaped like its label record.
 
-    An alias that normalises like the label or a synonym already emitted adds nothing and is
-    skipped. Aliases carry no initialisms: they are shorthand already, and the initials of a lay
-    name ("lazy eye") are not how anyone abbreviates the term, so they would only add wrong
-    abbreviation hits.
+    A name that normalises like one already emitted for the term (in `seen`) adds nothing and is
+    skipped; ids keep the name's position in `names`, so they are stable across builds.
     """
-    for index, alias in enumerate(aliases):
-        norm = normalize(alias)
+    for index, name in enumerate(names):
+        norm = normalize(name)
         if not norm or norm in seen:
             continue
         seen.add(norm)
+        abbreviations = _abbr(name) if initialisms else {"abbr": "", "abbr_short": ""}
         yield (
-            f"{term.id}{ALIAS_ID_SEPARATOR}{index}",
-            alias,
-            {**base, "kind": "alias", "text": alias, "norm": norm, "abbr": "", "abbr_short": ""},
-            alias,
+            f"{term.id}{separator}{index}",
+            name,
+            {**base, "kind": kind, "text": name, "norm": norm, **abbreviations},
+            name,
         )
 
 

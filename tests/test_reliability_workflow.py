@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from workflow_fixtures import wait_until_gone
+from process_census import replica_leftovers
 
 from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
 
@@ -39,19 +39,6 @@ def _kill_chroma(task: LocalTaskHandle) -> int:
     pid = int(record["pids"]["chroma"])
     os.kill(pid, signal.SIGKILL)
     return pid
-
-
-def _leftovers(task: LocalTaskHandle) -> list[str]:
-    left = wait_until_gone(str(task.workdir), timeout=15)
-    record = task.workdir / "replica.json"
-    if record.exists():
-        info = json.loads(record.read_text())
-        left += wait_until_gone(info["serve_workdir"], timeout=5)
-        for name, pid in info["pids"].items():
-            status = Path(f"/proc/{pid}/status")
-            if pid and status.exists() and "State:\tZ" not in status.read_text():
-                left.append(f"{name} pid {pid}")
-    return left
 
 
 @pytest.mark.slow
@@ -104,7 +91,7 @@ def test_task_dying_mid_map_fails_with_that_cause_keeps_parts_and_a_rerun_comple
         assert written <= set(parts)
         assert f"work/{run.execution}/parts/00002.csv" not in parts
         assert flow.keys("results/") == []
-        assert not _leftovers(task)
+        assert not replica_leftovers(task)
 
         # A rerun of the same input completes, with every row.
         rerun = flow.run(request)
@@ -113,4 +100,4 @@ def test_task_dying_mid_map_fails_with_that_cause_keeps_parts_and_a_rerun_comple
         rows = list(csv.DictReader(io.StringIO(flow.read_text(rerun.output["output"]))))
         assert [r["input"] for r in rows if r["rank"] == "1"] == LABELS
         (second,) = rerun.tasks
-        assert second.arn != task.arn and not _leftovers(second)
+        assert second.arn != task.arn and not replica_leftovers(second)

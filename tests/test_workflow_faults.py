@@ -6,38 +6,24 @@ chunks that succeeded kept in S3, and no Chroma or nginx process of the task lef
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 import boto3
 import pytest
-from workflow_fixtures import processes_mentioning, wait_until_gone
+from process_census import processes_mentioning, replica_leftovers
 
 from ontosearch.chroma_process import free_port
 from ontosearch.embedders import get_embedder
 from ontosearch.proxy import generate_token
-from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
+from ontosearch.workflow.local import LocalWorkflow
 
 pytest_plugins = ["workflow_fixtures"]
 
 pytestmark = pytest.mark.slow
 
 LABELS = ["T cell", "hepatocyte", "B cells", "astrocyte", "monocytes", "neuron"]
-
-
-def leftovers(task: LocalTaskHandle, timeout: float = 15) -> list[str]:
-    left = wait_until_gone(str(task.workdir), timeout=timeout)
-    record = task.workdir / "replica.json"
-    if record.exists():
-        info = json.loads(record.read_text())
-        left += wait_until_gone(info["serve_workdir"], timeout=5)
-        for name, pid in info["pids"].items():
-            status = Path(f"/proc/{pid}/status")
-            if pid and status.exists() and "State:\tZ" not in status.read_text():
-                left.append(f"{name} pid {pid}")
-    return left
 
 
 def start(flow: LocalWorkflow, snapshot: Path, tmp_path: Path) -> str:
@@ -75,7 +61,7 @@ def test_a_chunk_that_keeps_failing_fails_the_execution_and_keeps_finished_parts
         assert flow.keys("results/") == []
         (task,) = run.tasks
         assert task.stopped_reason() == "StopTask"
-        assert not leftovers(task)
+        assert not replica_leftovers(task)
         entered = [e["state"] for e in run.events if e.get("event") == "StateEntered"]
         assert "StopTaskAfterFailure" in entered and "Merge" not in entered
 
@@ -106,7 +92,7 @@ def test_a_chunk_whose_proxy_keeps_failing_is_retried_with_backoff_then_fails(sm
         assert f"work/{run.execution}/parts/00001.csv" not in parts
         (task,) = run.tasks
         assert task.stopped_reason() == "StopTask"
-        assert not leftovers(task)
+        assert not replica_leftovers(task)
 
 
 def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, tmp_path):
@@ -128,7 +114,7 @@ def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, t
         assert time.monotonic() - started < 60
         (task,) = run.tasks
         assert "sha256" in task.log("restore.log") or "checksum" in task.log("restore.log").lower()
-        assert not leftovers(task)
+        assert not replica_leftovers(task)
         assert flow.keys(f"work/{run.execution}/parts/") == []
 
 
@@ -152,7 +138,7 @@ def test_a_wrong_token_fails_without_retries_and_names_the_secret_mismatch(small
         assert calls[:1] == [0] and calls.count(0) == 1, f"an auth error must not be retried: {calls}"
         (task,) = run.tasks
         assert task.stopped_reason() == "StopTask"
-        assert not leftovers(task)
+        assert not replica_leftovers(task)
 
 
 def test_a_run_past_its_timeout_is_stopped_by_the_task_itself(small_snapshot, tmp_path):
@@ -176,7 +162,7 @@ def test_a_run_past_its_timeout_is_stopped_by_the_task_itself(small_snapshot, tm
             (task,) = run.tasks
             # Catch does not run on a timeout: nothing stopped the task, it stops at its own deadline
             assert task.running(), "the runner must not have stopped the task"
-            assert not leftovers(task, timeout=30)
+            assert not replica_leftovers(task, timeout=30)
             assert not task.running()
             assert "task-agent exited with code 4" in task.stopped_reason()
             assert "deadline passed" in task.log("task-agent.log")

@@ -13,30 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from workflow_fixtures import processes_mentioning, wait_until_gone
+from process_census import processes_mentioning, replica_leftovers
 
 from ontosearch.restore import restore_from_s3
-from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
+from ontosearch.workflow.local import LocalWorkflow
 
 pytest_plugins = ["workflow_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["T cell", "hepatocytes", "", "B cells", "x" * 2000, "astrocyte", "T cell", "NK cells", "monocytes",
           "endothelial cells", "regulatory T cells"]
-
-
-def replica_leftovers(task: LocalTaskHandle) -> list[str]:
-    """Processes of the replica still alive: by recorded PID and by their working directories."""
-    left = wait_until_gone(str(task.workdir), timeout=15)
-    record = task.workdir / "replica.json"
-    if record.exists():
-        info = json.loads(record.read_text())
-        left += wait_until_gone(info["serve_workdir"], timeout=5)
-        for name, pid in info["pids"].items():
-            status = Path(f"/proc/{pid}/status")
-            if pid and status.exists() and "State:\tZ" not in status.read_text():
-                left.append(f"{name} pid {pid}")
-    return left
 
 
 def output_rows(text: str) -> list[dict[str, str]]:

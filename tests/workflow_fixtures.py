@@ -1,12 +1,11 @@
-"""Fixtures of the batch workflow tests: a small real snapshot and a process census.
+"""Fixtures of the batch workflow tests: a small real snapshot.
 
-Used with `pytest_plugins = ["workflow_fixtures"]`.
+Used with `pytest_plugins = ["workflow_fixtures"]`; the process census the tests check with is in
+`process_census` (a plain module, so importing it never pre-empts this plugin's registration).
 """
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -31,31 +30,3 @@ def small_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ontology = Ontology("cl", cl.version, list(terms.values()))
     build_snapshot([ontology], out, progress=False, log=lambda _m: None)
     return out
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that contain `text` (e.g. a replica's work directory)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        if "State:\tZ" in status:
-            continue
-        cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
-        if text in cmdline:
-            found.append(f"{pid}: {cmdline}")
-    return found
-
-
-def wait_until_gone(text: str, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    left = processes_mentioning(text)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = processes_mentioning(text)
-    return left

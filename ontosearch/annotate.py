@@ -43,8 +43,8 @@ DEFAULT_CHUNK_ROWS = 4096
 MAX_FAILED_CHUNKS = 3
 # Name prefix of a collection still being built (find_collection only looks at `<ontology>_*`).
 STAGING_PREFIX = "building-"
-# Lock file in the local store that serialises first-use builds of concurrent runs.
-BUILD_LOCK_NAME = ".ontosearch-build.lock"
+# Lock file in the local store: concurrent runs open (and on first use build) it one at a time.
+STORE_LOCK_NAME = ".ontosearch-build.lock"
 
 
 class AnnotateError(RuntimeError):
@@ -118,34 +118,35 @@ def open_client(args: argparse.Namespace, ontology: str, progress: bool) -> tupl
             return connect(path=path), f"snapshot {args.snapshot}"
         if os.environ.get(constants.ENV_URL):
             return connect(), f"server {os.environ[constants.ENV_URL]}"
-        client = connect()
     except ConnectError as exc:
         raise AnnotateError(str(exc)) from None
     store = Path(os.environ.get(constants.ENV_PATH) or _default_path())
-    where = f"local store {store}"
-    try:
-        find_collection(client, ontology)
-    except MatcherError:
-        # One build per store at a time: a second run waits, then finds the finished collection.
-        with _build_lock(store):
-            try:
-                find_collection(client, ontology)
-            except MatcherError:
-                build_local(client, ontology, args.embedder, progress)
-    return client, where
+    # One run at a time opens (and on first use creates and fills) the local store: Chroma's own
+    # set-up of a new store is not safe against a second process doing the same, and a second run
+    # should find the first one's collection rather than build another.
+    with _store_lock(store):
+        try:
+            client = connect()
+        except ConnectError as exc:
+            raise AnnotateError(str(exc)) from None
+        try:
+            find_collection(client, ontology)
+        except MatcherError:
+            build_local(client, ontology, args.embedder, progress)
+    return client, f"local store {store}"
 
 
 @contextmanager
-def _build_lock(store: Path) -> Iterator[None]:
-    """An exclusive lock on the store's build lock file (released when the process ends, too)."""
+def _store_lock(store: Path) -> Iterator[None]:
+    """An exclusive lock on the store's lock file (released when the process ends, too)."""
     import fcntl
 
     store.mkdir(parents=True, exist_ok=True)
-    with open(store / BUILD_LOCK_NAME, "a") as handle:
+    with open(store / STORE_LOCK_NAME, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            _err(f"annotate: another run is building the local index in {store}; waiting for it")
+            _err(f"annotate: another run is opening or building the local store {store}; waiting for it")
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from ontosearch.bench import cold_start, load, report, synthetic
+from ontosearch.bench import cold_start, load, query_path, report, synthetic
 
 
 def test_exact_search_returns_the_true_nearest_neighbours_in_order():
@@ -56,6 +56,16 @@ def test_closed_loop_reports_a_client_that_cannot_start():
 
     with pytest.raises(RuntimeError, match="could not start"):
         load.closed_loop("broken", make, n_queries=10, concurrency=2, duration=0.1)
+
+
+def test_direct_and_proxy_slices_alternate_and_each_path_gets_its_share():
+    order = query_path.interleaved(("direct", "proxy"), 6)
+    assert order.count("direct") == order.count("proxy") == 6
+    # no path takes two slices in a row except across a round boundary, and the first slice of
+    # each round alternates, so neither path is always measured first
+    assert [order[i] for i in range(0, 12, 2)] == ["direct", "proxy"] * 3
+    for i in range(0, 12, 2):
+        assert {order[i], order[i + 1]} == {"direct", "proxy"}
 
 
 def test_query_body_is_what_the_chromadb_client_sends():

@@ -39,6 +39,23 @@ EXACT = "exact"
 PATHS = (PROXY, DIRECT, IN_PROCESS, EXACT)
 
 
+# Slices per HTTP path and concurrency. One second of load from another process used to land in
+# one path's half and move the ratio by 0.1 at one client; short alternating slices spread it.
+INTERLEAVED_SLICES = 6
+
+
+def interleaved(names: Sequence[str], slices: int) -> list[str]:
+    """Order of the slices: A B, B A, A B, ... so that neither path always goes first.
+
+    Every path gets `slices` slices, each adjacent pair holds both paths, and a linear drift in the
+    machine's speed cancels out over each pair of rounds.
+    """
+    order: list[str] = []
+    for round_index in range(slices):
+        order += list(names) if round_index % 2 == 0 else list(reversed(names))
+    return order
+
+
 @dataclass
 class QuerySettings:
     concurrencies: tuple[int, ...] = (1, 2, 4, 8)
@@ -152,14 +169,18 @@ def measure(dataset: Dataset, settings: QuerySettings, log: Any = print) -> dict
         assert server is not None
         direct = HttpPath(server.url, dataset.collection)
         proxied = HttpPath(task.url, dataset.collection, token=read_token)
+        http_paths = {DIRECT: direct, PROXY: proxied}
         for concurrency in settings.concurrencies:
-            # A-B-B-A halves: drift in the machine's other load hits both paths alike.
+            log(f"  {dataset.name}: direct and proxy x{concurrency}, {INTERLEAVED_SLICES} slices each")
             parts: dict[str, list[LoadResult]] = {DIRECT: [], PROXY: []}
-            for name, path in ((DIRECT, direct), (PROXY, proxied), (PROXY, proxied), (DIRECT, direct)):
-                log(f"  {dataset.name}: {name} x{concurrency}")
+            for name in interleaved((DIRECT, PROXY), INTERLEAVED_SLICES):
                 parts[name].append(
                     closed_loop(
-                        name, path.client_factory(bodies), len(queries), concurrency, settings.duration / 2
+                        name,
+                        http_paths[name].client_factory(bodies),
+                        len(queries),
+                        concurrency,
+                        settings.duration / INTERLEAVED_SLICES,
                     )
                 )
             for name, halves in parts.items():

@@ -274,9 +274,16 @@ def abbreviation_key(text: str) -> str | None:
     if len(words) != 1:
         return None
     token = words[0]
+    first = text.split()[0]
+    if re.fullmatch(r"[A-Za-z0-9]*[A-Z0-9]S?", first):
+        # A capital final S is a letter of the abbreviation ("RRMS", "ALS"), not a plural:
+        # plurals of abbreviations are written with a small s ("OPCs", "DCs").
+        token = first.lower()
+    elif re.fullmatch(r"[A-Za-z0-9]*[A-Z0-9]s", first):
+        token = first[:-1].lower()
     if not (INITIALISM_MIN <= len(token) <= 6) or not any(ch.isalpha() for ch in token):
         return None
-    raw = re.sub(r"(?<=[A-Z0-9])s$", "", text.split()[0])
+    raw = re.sub(r"(?<=[A-Z0-9])s$", "", first)
     letters = [ch for ch in raw if ch.isalpha()]
     written_as_abbreviation = (
         sum(ch.isupper() for ch in letters) >= 2

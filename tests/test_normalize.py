@@ -86,7 +86,7 @@ def test_initialisms_of_names() -> None:
     ("label", "key"),
     [("OPCs", "opc"), ("MAIT cells", "mait"), ("COPD", "copd"), ("T2D", "t2d"), ("Tfh cells", "tfh"),
      ("B cells", None), ("lung adenocarcinoma", None), ("X", None), ("skin", None), ("flu", None),
-     ("Tregs", None)],
+     ("Tregs", None), ("RRMS", "rrms"), ("ALS", "als"), ("MS", "ms"), ("DCs", "dc"), ("ILC2s", "ilc2")],
 )
 def test_abbreviation_key_only_for_single_short_tokens(label: str, key: str | None) -> None:
     assert abbreviation_key(label) == key

@@ -24,13 +24,13 @@ def terms() -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("name", ONTOLOGIES)
-@pytest.mark.parametrize("set_name", ["realworld", "realworld2", "realworld3", "variants"])
+@pytest.mark.parametrize("set_name", ["realworld", "realworld2", "realworld3", "realworld4", "variants"])
 def test_each_set_is_large_enough_with_live_expected_terms(
     terms: dict[str, dict], name: str, set_name: str
 ) -> None:
     cases = read_set(set_name, name)
     # realworld3 is what is left of a third set after removing every label the first two hold
-    assert len(cases) >= (30 if set_name == "realworld3" else 50)
+    assert len(cases) >= {"realworld3": 30, "realworld4": 90}.get(set_name, 50)
     labels = [case.label for case in cases]
     assert len(labels) == len(set(labels)), "a label listed twice would count twice"
     for case in cases:
@@ -72,3 +72,21 @@ def test_the_real_world_sets_share_no_label(name: str) -> None:
     assert not first & second
     earlier = first | second
     assert not [case.label for case in read_set("realworld3", name) if case.label.casefold() in earlier]
+
+
+@pytest.mark.parametrize("name", ONTOLOGIES)
+def test_the_fourth_set_agrees_with_the_earlier_ones_and_its_new_part_is_new(name: str) -> None:
+    """realworld4 keeps labels the earlier sets hold (it is a natural mix); where it does, it
+    expects the same terms, and realworld4-new is exactly the rest."""
+    earlier = {
+        case.label.casefold(): case.expected
+        for held_out in ("realworld", "realworld2", "realworld3")
+        for case in read_set(held_out, name)
+    }
+    fourth = read_set("realworld4", name)
+    shared = [case for case in fourth if case.label.casefold() in earlier]
+    assert shared, "a natural mix repeats some common labels"
+    assert [case.label for case in shared if not case.expected & earlier[case.label.casefold()]] == []
+    new = read_set("realworld4-new", name)
+    assert [case.label for case in new] == [c.label for c in fourth if c.label.casefold() not in earlier]
+    assert len(new) >= 30

@@ -68,6 +68,18 @@ def test_direct_and_proxy_slices_alternate_and_each_path_gets_its_share():
         assert {order[i], order[i + 1]} == {"direct", "proxy"}
 
 
+def test_reported_rate_reads_annotate_lines_and_the_workflow_execution_seconds():
+    from ontosearch.bench.annotation import _reported_rate
+    from ontosearch.workflow.local import LocalRun
+
+    line = "annotate: 10000 rows, 10000 annotated, 0 errors; 1,815 labels/s (5.5 s, setup 3.1 s) -> x.csv"
+    assert _reported_rate(line, 10000) == 1815.0
+    run = LocalRun("local-1", "SUCCEEDED", output={"rows": 10000}, seconds=12.5)
+    printed = "workflow: state Done\n" + json.dumps(run.result(), indent=2)
+    assert _reported_rate(printed, 10000) == 800.0
+    assert _reported_rate("no rate here", 10000) is None
+
+
 def test_query_body_is_what_the_chromadb_client_sends():
     body = json.loads(load.query_body(np.ones((2, 3), dtype=np.float32), top_k=7))
     assert body["query_embeddings"] == [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]

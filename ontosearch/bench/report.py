@@ -136,7 +136,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     annotation = results.get("annotation", {})
-    for key, label in (("annotate", "annotate end to end"), ("workflow", "workflow end to end")):
+    for key, label in (("annotate", "annotate end to end"), ("workflow", "workflow execution")):
         entry = annotation.get(key)
         if entry and "error" not in entry:
             rate = entry.get("labels_per_s_reported") or entry.get("labels_per_s_wall")
@@ -342,6 +342,11 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             "labels per CPU-s: rows divided by the CPU seconds of the process and its children; on an "
             "otherwise idle 2-core machine the wall-clock rate can approach twice that.",
+            "",
+            "labels/s (reported): the command's own figure. For `annotate`, its matching loop (without "
+            "restoring the snapshot and loading the model); for `workflow`, the execution from start to "
+            "end state, including the task's start and stop but not the local set-up around it (moto, "
+            "publishing the snapshot to the local bucket, which on AWS happens once per snapshot).",
         ]
     build = results.get("snapshot_build")
     if build:

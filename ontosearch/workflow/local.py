@@ -410,9 +410,11 @@ class LocalRun:
     seconds: float = 0.0
 
     def result(self) -> dict[str, Any]:
+        """What `workflow` prints; `seconds` is the execution alone (start to end state)."""
+        head = {"status": self.status, "execution": self.execution, "seconds": round(self.seconds, 2)}
         if self.status == "SUCCEEDED":
-            return {"status": self.status, "execution": self.execution, "output": self.output}
-        return {"status": self.status, "execution": self.execution, "error": self.error, "cause": self.cause}
+            return {**head, "output": self.output}
+        return {**head, "error": self.error, "cause": self.cause}
 
 
 @contextmanager

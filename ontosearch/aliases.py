@@ -135,3 +135,44 @@ def aliases_by_term(ontology: str, directory: Path | None = None) -> dict[str, t
     for row in rows:
         out.setdefault(row.term_id, []).append(row.alias)
     return {term_id: tuple(texts) for term_id, texts in out.items()}
+
+
+@lru_cache(maxsize=16)
+def abbreviation_meanings(ontology: str) -> dict[str, str]:
+    """Single-token aliases written as abbreviations -> the label of their term ("ln" -> "lymph node").
+
+    For abbreviations inside longer labels ("Mesenteric LN", "LV myocardium"): a whole-label
+    alias cannot match them, and the embedders read "LN" as noise.
+    """
+    from ontosearch.normalize import abbreviation_key
+
+    try:
+        rows = load_aliases(ontology)
+    except OntologyError:
+        return {}
+    out: dict[str, str] = {}
+    for row in rows:
+        key = abbreviation_key(row.alias) if len(row.alias.split()) == 1 else None
+        if key:
+            out.setdefault(key, row.term_label)
+    return out
+
+
+def expand_abbreviations(text: str, ontology: str | None) -> str | None:
+    """`text` with each abbreviation a single-token alias explains spelt out, or None when none does.
+
+    Only labels of two words or more: a lone abbreviation is an alias hit already.
+    """
+    from ontosearch.normalize import abbreviation_key
+
+    words = text.split()
+    if ontology is None or len(words) < 2:
+        return None
+    meanings = abbreviation_meanings(ontology)
+    if not meanings:
+        return None
+    out = []
+    for word in words:
+        key = abbreviation_key(word)
+        out.append(meanings.get(key, word) if key else word)
+    return " ".join(out) if out != words else None

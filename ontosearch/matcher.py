@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ontosearch.aliases import expand_abbreviations
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys, rewrite_label
 from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
 
@@ -171,6 +172,9 @@ class Matcher:
         }
         self._abbreviations = exact and int(meta.get("layout", 1)) >= 2
         self._ontology = meta.get("ontology")
+        # Abbreviations inside labels are spelt out from the alias table only for a collection
+        # built with one: a labels-only collection (or one built before the tables) knows none.
+        self._alias_ontology = self._ontology if meta.get("aliases_sha256") else None
         self._total: int | None = None
         self._answers: OrderedDict[tuple[str, int], list[Match]] = OrderedDict()
         self._metadata: dict[str, dict[str, Any]] = {}
@@ -226,7 +230,10 @@ class Matcher:
         vector stands in for it when finding the neighbours ranked after it.
         """
         coll = self.collection
-        rewrites = {label: rewrite_label(label, self._ontology) if self.exact else [] for label in labels}
+        rewrites = {
+            label: rewrites_of(label, self._ontology, self._alias_ontology) if self.exact else []
+            for label in labels
+        }
         keys = {
             label: _keys([label, *rewrites[label]], self._suffixes) if self.exact else [] for label in labels
         }
@@ -350,6 +357,17 @@ class Matcher:
             for meta, vector in zip(got["metadatas"] or [], vectors, strict=True):
                 self._terms[meta["term_id"]] = (meta, np.asarray(vector, dtype=np.float32))
         return {term_id: self._terms[term_id] for term_id in term_ids if term_id in self._terms}
+
+
+def rewrites_of(label: str, ontology: str | None, alias_ontology: str | None = None) -> list[str]:
+    """The label's rewrites, best first: with its abbreviations spelt out when the alias table of
+    `alias_ontology` explains them ("Mesenteric LN" -> "Mesenteric lymph node"), then the style
+    rewrites of `ontology`."""
+    expanded = expand_abbreviations(label, alias_ontology)
+    if expanded is None:
+        return rewrite_label(label, ontology)
+    out = [*rewrite_label(expanded, ontology), expanded, *rewrite_label(label, ontology)]
+    return [text for index, text in enumerate(out) if text != label and text not in out[:index]]
 
 
 def _keys(texts: list[str], suffixes: dict[str, bool]) -> list[str]:

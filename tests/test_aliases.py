@@ -13,8 +13,10 @@ from ontosearch.aliases import (
     ALIAS_DIR,
     COLUMNS,
     AliasTableError,
+    abbreviation_meanings,
     alias_table_sha256,
     aliases_by_term,
+    expand_abbreviations,
     load_aliases,
     parse_aliases,
 )
@@ -25,7 +27,7 @@ from ontosearch.indexing import (
     count_records,
     index_ontology,
 )
-from ontosearch.matcher import ABBREVIATION_GENERALITY_CAP, EXACT_SCORE, match
+from ontosearch.matcher import ABBREVIATION_GENERALITY_CAP, EXACT_SCORE, match, rewrites_of
 from ontosearch.normalize import abbreviation_key, normalize
 from ontosearch.ontologies import Ontology, load_ontology
 
@@ -275,3 +277,31 @@ def test_without_aliases_the_same_labels_have_no_exact_hit(
     assert client.get_collection(collection_name("cl", ontology.version)).metadata["aliases_sha256"] == ""
     results = match(list(cases), "cl", client=client, embedder=embedder)
     assert all(not found or found[0].score < EXACT_SCORE for found in results)
+
+
+def test_abbreviations_inside_longer_labels_are_spelt_out_from_the_table() -> None:
+    meanings = abbreviation_meanings("uberon")
+    by_alias = {row.alias: row.term_label for row in load_aliases("uberon")}
+    assert meanings["ln"] == by_alias["LN"] and meanings["lv"] == by_alias["LV"]
+    assert expand_abbreviations("Mesenteric LN", "uberon") == f"Mesenteric {by_alias['LN']}"
+    assert expand_abbreviations("Mesenteric LNs", "uberon") == f"Mesenteric {by_alias['LN']}"
+    assert expand_abbreviations("LN", "uberon") is None  # a lone alias is an exact hit already
+    assert expand_abbreviations("left ventricle", "uberon") is None  # plain words stay
+    assert expand_abbreviations("Mesenteric LN", None) is None
+    # the rewrites try the spelt-out label first, and never repeat the label itself
+    assert rewrites_of("Mesenteric LN", "uberon", "uberon")[0] == f"Mesenteric {by_alias['LN']}"
+    assert "Mesenteric LN" not in rewrites_of("Mesenteric LN", "uberon", "uberon")
+    assert rewrites_of("Mesenteric LN", "uberon", None) == []  # a collection built without aliases
+
+
+@pytest.mark.slow
+def test_an_abbreviation_inside_a_label_gives_the_exact_hit_of_its_spelt_out_form(
+    packaged: dict[str, Ontology], embedder, tmp_path: Path
+) -> None:
+    mesenteric_node, lymph_node = "UBERON:0002509", "UBERON:0000029"
+    ontology = _subset(packaged["uberon"], {mesenteric_node, lymph_node}, 200)
+    client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
+    index_ontology(client, ontology, embedder, progress=False)
+    [found] = match(["Mesenteric LN"], "uberon", client=client, embedder=embedder)
+    assert (found[0].term_id, found[0].score) == (mesenteric_node, EXACT_SCORE)
+    assert normalize(found[0].matched_text) == "mesenteric lymph node"

@@ -192,17 +192,22 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     first; empty when no rule applies.
 
     "Club cells (SCGB1A1+)" -> "Club cells" (a marker in parentheses); "Stellate cells (liver)" ->
-    "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial"; for
+    "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial" (and
+    "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"); for
     tissues a specimen word is dropped and a lone organ adjective named ("Renal tissue" ->
     "kidney"); for cell types a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
     """
     original = " ".join(text.split())
     out = original
     gtex = out.count(" - ") == 1
+    sites: list[str] = []
 
     def parenthetical(match: re.Match[str]) -> str:
         inner = match.group(1).strip()
-        if gtex or not inner or _MARKERISH.search(inner):
+        if not inner or _MARKERISH.search(inner):
+            return " "
+        if gtex:
+            sites.append(inner)
             return " "
         return " \x00" + inner + "\x00 "
 
@@ -216,6 +221,10 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     if gtex:
         left, right = (part.strip() for part in out.split(" - "))
         variants = [f"{right} {left}", right] if left and right else variants
+        # GTEx's parenthetical names the sampling site ("Skin - Sun Exposed (Lower leg)" -> "Lower
+        # leg Skin"); tried last, since it can also be the wider region ("(basal ganglia)").
+        if left:
+            variants += [part for site in sites for part in (f"{site} {left}", site)]
     rewritten = []
     for variant in variants:
         words = variant.split()

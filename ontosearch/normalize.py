@@ -226,14 +226,20 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
         if left:
             variants += [part for site in sites for part in (f"{site} {left}", site)]
     rewritten = []
+    nouns: list[str] = []
     for variant in variants:
         words = variant.split()
         if ontology == "uberon":
             kept = [word for word in words if word.lower() not in _SPECIMEN]
-            if kept and len(kept) < len(words):
-                words = kept
+            specimen = bool(kept) and len(kept) < len(words)
+            words = kept if specimen else words
             if len(words) == 1 and words[0].lower() in _ORGAN_ADJECTIVES:
                 words = _ORGAN_ADJECTIVES[words[0].lower()].split()
+            elif specimen and len(words) == 1 and len(words[0]) > 5 and words[0].lower().endswith("al"):
+                # Other lone adjectives in "-al" name their part by a regular Latin noun
+                # ("Decidual tissue" -> decidua, "Peritoneal biopsy" -> peritoneum); tried last.
+                adjective = words[0].lower()
+                nouns += [adjective[:-1], adjective[:-2] + "um"]
         if ontology == "cl" and words:
             last = words[-1].lower()
             if last in _CELL_HEADS and (len(words) > 1 or last not in {"nk", "dc", "dcs", "ec", "ecs"}):
@@ -241,7 +247,7 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
         candidate = " ".join(words)
         if candidate and candidate != original and candidate not in rewritten:
             rewritten.append(candidate)
-    return rewritten
+    return rewritten + [noun for noun in dict.fromkeys(nouns) if noun not in rewritten]
 
 
 # Words an initialism skips ("head and neck squamous cell carcinoma" -> HNSCC).

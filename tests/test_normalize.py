@@ -140,6 +140,8 @@ def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
         ("Bone marrow aspirate", "uberon", ["Bone marrow"]),
         ("Renal tissue", "uberon", ["kidney"]),
         ("Ileal biopsy", "uberon", ["ileum"]),
+        ("Decidual tissue", "uberon", ["Decidual", "decidua", "deciduum"]),
+        ("Peritoneal biopsy", "uberon", ["Peritoneal", "peritonea", "peritoneum"]),
     ],
 )
 def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_them(

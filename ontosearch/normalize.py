@@ -116,7 +116,8 @@ def query_keys(text: str, cell_suffix: bool = False, disease_suffix: bool = Fals
     """Lookup keys to try for a user label, most literal first.
 
     The label itself and its comma inversion undone; with `cell_suffix` (cell types) also with a
-    trailing "cell(s)" dropped or added: "hepatocyte cells" is "hepatocyte", "Schwann" may mean
+    trailing "cell(s)" (or "neuron(s)") dropped, or "cell" added: "hepatocyte cells" is
+    "hepatocyte", "L2/3 IT neurons" is "L2/3 IT", "Schwann" may mean
     "Schwann cell"; with `disease_suffix` a bare eponym ("Alzheimer's") also as "... disease".
     """
     keys: list[str] = []
@@ -139,7 +140,8 @@ def query_keys(text: str, cell_suffix: bool = False, disease_suffix: bool = Fals
         return keys
     for base in bases:
         words = base.split()
-        if len(words) > 1 and words[-1] == "cell" and len(" ".join(words[:-1])) >= 4:
+        # "cells", and for atlas subclass names "neurons" ("L2/3 IT neurons", "Pvalb neurons")
+        if len(words) > 1 and words[-1] in {"cell", "neuron"} and len(" ".join(words[:-1])) >= 4:
             add(" ".join(words[:-1]))
     for base in bases:
         if base and not base.endswith("cell"):

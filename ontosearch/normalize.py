@@ -194,10 +194,10 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     first; empty when no rule applies.
 
     "Club cells (SCGB1A1+)" -> "Club cells" (a marker in parentheses); "Stellate cells (liver)" ->
-    "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial" (and
-    "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"); for
-    tissues a specimen word is dropped and a lone organ adjective named ("Renal tissue" ->
-    "kidney"); for cell types a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
+    "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial", and
+    "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"; for tissues a specimen
+    word is dropped and a lone organ adjective named ("Renal tissue" -> "kidney"); for cell types
+    a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
     """
     original = " ".join(text.split())
     out = original

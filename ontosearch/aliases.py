@@ -4,7 +4,10 @@ Scientists label cells, tissues and diseases with shorthand the ontologies' own 
 carry ("AT2", "CD14 Mono", "PFC", "T2D" is there but "HTN" is not). Such a label has no exact hit
 and the embedders place it poorly, so it falls to a weak vector match. The tables under
 `ontosearch/data/aliases/<ontology>.tsv` name the term each shorthand means; indexing adds every
-alias as a record of its term (`kind` "alias"), so it becomes an exact hit like a synonym.
+alias as a record of its term (`kind` "alias"), so it becomes an exact hit like a synonym. An
+alias never equals another term's label; it may equal another term's synonym when it is an
+abbreviation the ontology lists for a rare term ("RA" for refractory anaemia), and the matcher then
+ranks the alias first.
 
 A table is tab-separated with the header `alias  term_id  term_label  note`; lines starting with
 "#" and blank lines are ignored. `term_label` is the term's label in the packaged ontology: it

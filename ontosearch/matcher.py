@@ -42,6 +42,10 @@ from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_onto
 DEFAULT_BATCH_SIZE = 256
 EXACT_SCORE = 1.0
 ABBREVIATION_SCORE = 0.9
+# Among exact hits on one key: a term's own label first, then a curated alias (the tables may take
+# an abbreviation away from another term's synonym: "RA" is rheumatoid arthritis, not the
+# "refractory anaemia" synonym of a myelodysplastic syndrome), then synonyms.
+_EXACT_KIND_ORDER = {"label": 0, "alias": 1, "synonym": 2}
 # Among terms an initialism fits, one with subtypes is likelier meant; beyond a few it stops
 # mattering (else near-root classes would win every tie). 3 was best of 0/3/10/unlimited on the
 # held-out sets, by one label each in CL and MONDO: a weak preference, not a tuned optimum.
@@ -472,7 +476,8 @@ def _rank(
     for priority, key in enumerate(keys):
         for meta, record_vector in hits.get(key, ()):
             similarity = float(np.dot(vector, record_vector))
-            exact.append(((priority, bool(meta.get("specific")), meta["kind"] != "label", -similarity), meta))
+            kind = _EXACT_KIND_ORDER.get(meta["kind"], len(_EXACT_KIND_ORDER))
+            exact.append(((priority, bool(meta.get("specific")), kind, -similarity), meta))
     for _, meta in sorted(exact, key=lambda item: item[0]):
         take(meta, EXACT_SCORE)
 

@@ -300,3 +300,19 @@ def test_synonym_and_alias_records_count_as_their_term_among_the_nearest() -> No
     ids = ["CL:0000001#a0", "CL:0000001", "CL:0000002#s1", "CL:0000001#s3", "CL:0000003"]
     nearest = _nearest_records(ids, [0.1, 0.2, 0.3, 0.35, 0.4], keep=2)
     assert nearest == [("CL:0000001#a0", 0.1), ("CL:0000002#s1", 0.3)]
+
+
+def test_among_exact_hits_a_label_beats_an_alias_and_an_alias_beats_a_synonym() -> None:
+    from ontosearch.matcher import _rank
+
+    query = np.array([1.0, 0.0], dtype=np.float32)
+
+    def record(term_id: str, kind: str, similarity: float) -> tuple[dict[str, Any], np.ndarray]:
+        meta = {"term_id": term_id, "label": term_id.lower(), "kind": kind, "text": "RA", "specific": False}
+        return meta, np.array([similarity, np.sqrt(1 - similarity**2)], dtype=np.float32)
+
+    # the synonym's record is the most similar to the query, and still ranks after the alias
+    hits = {"ra": [record("MONDO:1", "synonym", 0.9), record("MONDO:2", "alias", 0.5)]}
+    assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]
+    hits["ra"].append(record("MONDO:3", "label", 0.1))
+    assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:3", "MONDO:2", "MONDO:1"]

@@ -81,8 +81,11 @@ def normalize(text: str) -> str:
 
 
 def _british_to_us(word: str) -> str:
-    # oesophagus/esophagus, caecum/cecum, leukaemia/leukemia, coeliac/celiac, tumour/tumor
-    word = word.replace("ae", "e").replace("oe", "e")
+    # oesophagus/esophagus, caecum/cecum, leukaemia/leukemia, coeliac/celiac, tumour/tumor; not
+    # in short words, where "oe"/"ae" is no British spelling ("toe", "OEC", "AEC" would become
+    # "te", "ec", "ec" and collide with other abbreviations)
+    if len(word) >= 5:
+        word = word.replace("ae", "e").replace("oe", "e")
     return word[:-3] + "or" if word.endswith("our") and len(word) > 5 else word
 
 

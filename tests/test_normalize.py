@@ -109,6 +109,11 @@ def test_british_and_american_spellings_share_a_key(british: str, american: str)
     assert normalize(british) == normalize(american)
 
 
+def test_short_words_and_abbreviations_keep_their_oe_and_ae() -> None:
+    # "toe" is no British "te", and "OEC"/"AEC" are not "EC" (endothelial cell)
+    assert [normalize(text) for text in ("toe", "OEC", "AEC", "EC")] == ["toe", "oec", "aec", "ec"]
+
+
 @pytest.mark.parametrize(
     ("plural", "singular"),
     [("glomeruli", "glomerulus"), ("testes", "testis"), ("bronchi", "bronchus"), ("ganglia", "ganglion"),

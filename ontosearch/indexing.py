@@ -116,12 +116,14 @@ def _records(ontology: Ontology, synonyms: bool) -> Iterator[tuple[str, str, dic
         if not synonyms:
             continue
         seen = {label_norm}
-        yield from _name_records(term, base, seen, term.synonyms, "synonym", SYNONYM_ID_SEPARATOR)
         # Curated aliases (`ontosearch.aliases`) carry no initialisms: they are shorthand already,
         # and the initials of a lay name ("lazy eye") are not how anyone abbreviates the term, so
-        # they would only add wrong abbreviation hits.
+        # they would only add wrong abbreviation hits. They come before the synonyms: an alias the
+        # term also has as a synonym is indexed once, as an alias, which the matcher ranks above
+        # another term's synonym of the same text ("RA").
         yield from _name_records(term, base, seen, aliases.get(term.id, ()), "alias", ALIAS_ID_SEPARATOR,
                                  initialisms=False)
+        yield from _name_records(term, base, seen, term.synonyms, "synonym", SYNONYM_ID_SEPARATOR)
 
 
 def _name_records(

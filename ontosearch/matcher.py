@@ -477,7 +477,10 @@ def _rank(
         for meta, record_vector in hits.get(key, ()):
             similarity = float(np.dot(vector, record_vector))
             kind = _EXACT_KIND_ORDER.get(meta["kind"], len(_EXACT_KIND_ORDER))
-            exact.append(((priority, bool(meta.get("specific")), kind, -similarity), meta))
+            # Two terms with the same synonym text tie on similarity (same text, same vector):
+            # the one with subtypes is likelier meant, as for abbreviations, not the lower id.
+            generality = min(int(meta.get("descendants", 0)), ABBREVIATION_GENERALITY_CAP)
+            exact.append(((priority, bool(meta.get("specific")), kind, -similarity, -generality), meta))
     for _, meta in sorted(exact, key=lambda item: item[0]):
         take(meta, EXACT_SCORE)
 

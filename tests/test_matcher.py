@@ -316,3 +316,18 @@ def test_among_exact_hits_a_label_beats_an_alias_and_an_alias_beats_a_synonym() 
     assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]
     hits["ra"].append(record("MONDO:3", "label", 0.1))
     assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:3", "MONDO:2", "MONDO:1"]
+
+
+def test_terms_sharing_a_synonym_text_are_ordered_by_generality_not_by_id() -> None:
+    from ontosearch.matcher import _rank
+
+    query = np.array([1.0, 0.0], dtype=np.float32)
+    same_vector = np.array([0.6, 0.8], dtype=np.float32)  # one text embeds to one vector
+
+    def record(term_id: str, descendants: int) -> tuple[dict[str, Any], np.ndarray]:
+        meta = {"term_id": term_id, "label": term_id, "kind": "synonym", "text": "XY", "specific": False,
+                "descendants": descendants}
+        return meta, same_vector
+
+    hits = {"xy": [record("MONDO:1", 0), record("MONDO:2", 10)]}
+    assert [term for term, *_ in _rank(["xy"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]

@@ -70,7 +70,7 @@ def test_comma_inversion_is_undone() -> None:
 def test_cell_suffix_is_tried_only_for_cell_types() -> None:
     assert query_keys("hepatocyte cells") == ["hepatocyte cell"]
     assert query_keys("hepatocyte cells", cell_suffix=True) == ["hepatocyte cell", "hepatocyte"]
-    assert query_keys("L2/3 IT neurons", cell_suffix=True) == ["l2 3 it neuron", "l2 3 it", "l2 3 it neuron cell"]
+    assert query_keys("L2/3 IT neurons", cell_suffix=True)[:2] == ["l2 3 it neuron", "l2 3 it"]
     assert query_keys("motor neurons", cell_suffix=True)[:2] == ["motor neuron", "motor"]
     assert "schwann cell" in query_keys("Schwann", cell_suffix=True)
     assert "b" not in query_keys("B cells", cell_suffix=True)  # a one-letter key would be noise

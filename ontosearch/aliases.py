@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ontosearch.normalize import normalize
+from ontosearch.normalize import abbreviation_key, normalize
 from ontosearch.ontologies import OntologyError, id_prefix, resolve_ontology
 
 ALIAS_DIR = Path(__file__).with_name("data") / "aliases"
@@ -147,8 +147,6 @@ def abbreviation_meanings(ontology: str) -> dict[str, str]:
     For abbreviations inside longer labels ("Mesenteric LN", "LV myocardium"): a whole-label
     alias cannot match them, and the embedders read "LN" as noise.
     """
-    from ontosearch.normalize import abbreviation_key
-
     try:
         rows = load_aliases(ontology)
     except OntologyError:
@@ -166,8 +164,6 @@ def expand_abbreviations(text: str, ontology: str | None) -> str | None:
 
     Only labels of two words or more: a lone abbreviation is an alias hit already.
     """
-    from ontosearch.normalize import abbreviation_key
-
     words = text.split()
     if ontology is None or len(words) < 2:
         return None

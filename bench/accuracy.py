@@ -68,7 +68,7 @@ def read_set(name: str, ontology: str, data_dir: Path = DATA_DIR) -> list[Case]:
     """
     if name.endswith(NEW_SUFFIX):
         base = name[: -len(NEW_SUFFIX)]
-        earlier = REAL_WORLD_SETS[: REAL_WORLD_SETS.index(base)]
+        earlier = [s for s in REAL_WORLD_SETS[: REAL_WORLD_SETS.index(base)] if not s.endswith(NEW_SUFFIX)]
         seen = {
             case.label.casefold() for held_out in earlier for case in read_set(held_out, ontology, data_dir)
         }

@@ -19,7 +19,9 @@ PASS, MISS, NA = "PASS", "MISS", "n/a"
 REAL_WORLD_TARGETS = {"cl": 0.90, "uberon": 0.97, "mondo": 0.97}
 VARIANT_TARGET = 0.98
 # The held-out sets of real-world labels in bench/data/ (see bench/accuracy.py for how each was made).
-REAL_WORLD_SETS = ("realworld", "realworld2", "realworld3", "realworld4", "realworld4-new")
+REAL_WORLD_SETS = (
+    "realworld", "realworld2", "realworld3", "realworld4", "realworld4-new", "realworld5", "realworld5-new"
+)
 ACCURACY_TARGETS = {
     **{(name, held_out): goal for held_out in REAL_WORLD_SETS for name, goal in REAL_WORLD_TARGETS.items()},
     **{(name, "variants"): VARIANT_TARGET for name in REAL_WORLD_TARGETS},

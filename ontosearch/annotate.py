@@ -31,6 +31,7 @@ from ontosearch import constants
 from ontosearch.label_io import (
     FORMATS,
     MAX_LABEL_CHARS,
+    RESULT_COLUMNS,
     LabelFileError,
     ResultWriter,
     read_labels,
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m ontosearch annotate",
         description="Annotate free-text labels (cell types, tissues, diseases) with ontology terms.",
         epilog=(
-            "Output columns: input,ontology,rank,term_id,term_label,score,status,error: one row per "
+            f"Output columns: {','.join(RESULT_COLUMNS)}: one row per "
             "input row and rank, or one row with status=error and the reason. Uses CHROMA_URL (+ "
             "CHROMA_TOKEN) when set, else the local store (CHROMA_PATH), built on first use."
         ),

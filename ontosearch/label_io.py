@@ -33,10 +33,14 @@ MAX_LINE_CHARS = 1 << 20
 # How much of a bad input is echoed into the `input` column of its error row.
 ECHO_CHARS = 200
 
-RESULT_COLUMNS = ("input", "ontology", "rank", "term_id", "term_label", "score", "status", "error")
+RESULT_COLUMNS = (
+    "input", "ontology", "rank", "term_id", "term_label", "score", "match_type", "status", "error",
+)
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_NO_MATCH = "no_match"
+# An obsolete id without a replacement: the rows are the terms its ontology suggests considering.
+STATUS_CONSIDER = "consider"
 
 Row = tuple[int, str | None, str | None]
 
@@ -266,8 +270,10 @@ def _generate(stream: IO[str], release: str, fmt: str, column: str | None, max_c
             stream.detach()
 
 
-def _field(match: Any, name: str) -> Any:
-    return match[name] if isinstance(match, dict) else getattr(match, name)
+def _field(match: Any, name: str, default: Any = None) -> Any:
+    if isinstance(match, dict):
+        return match[name] if default is None else match.get(name, default)
+    return getattr(match, name) if default is None else getattr(match, name, default)
 
 
 class ResultWriter:
@@ -290,13 +296,21 @@ class ResultWriter:
             self._minimal.writerows(lines)
 
     def write(self, row: int, label: str | None, error: str | None, matches: Iterable[Any] = ()) -> None:
-        """All output lines of one input row: one per match, or one error / no_match line."""
+        """All output lines of one input row: one per match, or one error / no_match line.
+
+        `matches` may be a matcher `Answer`: its status "error" makes the error line (with its
+        reason), "consider" marks its lines and gives them its reason.
+        """
         text = label or ""
         self.counts["rows"] += 1
+        status = getattr(matches, "status", STATUS_OK)
+        if error is None and status == STATUS_ERROR:
+            error = getattr(matches, "reason", "") or "no term for this label"
         if error is not None:
             self.counts["errors"] += 1
-            self._writerows([[text, self.ontology, "", "", "", "", STATUS_ERROR, error]])
+            self._writerows([[text, self.ontology, "", "", "", "", "", STATUS_ERROR, error]])
             return
+        note = getattr(matches, "reason", "") if status == STATUS_CONSIDER else ""
         lines = [
             [
                 text,
@@ -305,14 +319,15 @@ class ResultWriter:
                 _field(m, "term_id"),
                 _field(m, "term_label"),
                 f"{float(_field(m, 'score')):.4f}",
-                STATUS_OK,
-                "",
+                _field(m, "match_type", ""),
+                status,
+                note,
             ]
             for m in matches
         ]
         if not lines:
             self.counts["no_match"] += 1
-            self._writerows([[text, self.ontology, "", "", "", "", STATUS_NO_MATCH, "no term found"]])
+            self._writerows([[text, self.ontology, "", "", "", "", "", STATUS_NO_MATCH, "no term found"]])
             return
         self.counts["annotated"] += 1
         self._writerows(lines)

@@ -14,6 +14,10 @@ Order of evidence, per label (each term appears once, at its best evidence):
    a parent found among the candidates with nearly the same similarity is moved above its child.
 
 Scores never increase with rank (a vector hit ranked below an abbreviation hit is capped at 0.9).
+Each match says how it was found (`match_type`: label, synonym, alias, abbreviation or vector).
+
+A label that is an ontology id (`CL:0000236`, `CL_0000236`, the OBO PURL) is looked up instead of
+matched (`ontosearch.term_ids`): match_type `id`, or `replaced_id` for an obsolete id's replacement.
 
 A label whose exact hits are all one term is not embedded: that term's stored label vector finds
 the neighbours ranked after it. Most labels in real files are exact hits, so this skips most of the
@@ -36,8 +40,11 @@ from typing import Any
 import numpy as np
 
 from ontosearch.aliases import expand_abbreviations
+from ontosearch.label_io import STATUS_CONSIDER, STATUS_ERROR, STATUS_OK
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys, rewrite_label
-from ontosearch.ontologies import OntologyError, _version_sort_key, resolve_ontology
+from ontosearch.ontologies import _PREFIXES as ONTOLOGY_PREFIXES
+from ontosearch.ontologies import OntologyError, _version_sort_key, id_prefix, resolve_ontology
+from ontosearch.term_ids import ObsoleteLookupError, considered, parse_term_id, replacement_chain
 
 DEFAULT_BATCH_SIZE = 256
 EXACT_SCORE = 1.0
@@ -72,6 +79,12 @@ ANSWER_CACHE = 200_000
 RECORD_CACHE = 300_000
 
 
+# How a match was found: an exact hit on the term's label, synonym or curated alias, an initialism
+# of its label or synonym, vector similarity; or the label was the term's id, or an obsolete id the
+# ontology replaces with (or suggests) the term.
+MATCH_TYPES = ("label", "synonym", "alias", "abbreviation", "vector", "id", "replaced_id")
+
+
 class MatcherError(ValueError):
     """A matching request that cannot be served (no collection, wrong embedder, bad arguments)."""
 
@@ -83,6 +96,26 @@ class Match:
     score: float  # in [0, 1]; 1.0 for an exact label/synonym hit
     matched_text: str
     rank: int  # 1-based
+    match_type: str = "vector"  # one of MATCH_TYPES
+    confidence: str = ""
+
+
+class Answer(list):
+    """The ranked matches of one label, and how the label was answered.
+
+    A list of `Match`, so code that treats answers as plain lists keeps working, with a `status`:
+    "ok"; "consider" (an obsolete id whose ontology names no replacement: the matches are the terms
+    it suggests considering, `reason` says so); or "error" (an id that is no term of the ontology:
+    no matches, `reason` says why). Result writers turn the status and reason into the row's columns.
+    """
+
+    def __init__(self, matches: Sequence[Match] = (), status: str = STATUS_OK, reason: str = "") -> None:
+        super().__init__(matches)
+        self.status = status
+        self.reason = reason
+
+    def copy(self) -> Answer:
+        return Answer(self, self.status, self.reason)
 
 
 def _collection_names(client: Any) -> list[str]:
@@ -180,7 +213,8 @@ class Matcher:
         # built with one: a labels-only collection (or one built before the tables) knows none.
         self._alias_ontology = self._ontology if meta.get("aliases_sha256") else None
         self._total: int | None = None
-        self._answers: OrderedDict[tuple[str, int], list[Match]] = OrderedDict()
+        self._version = meta.get("version")
+        self._answers: OrderedDict[tuple[str, int], Answer] = OrderedDict()
         self._metadata: dict[str, dict[str, Any]] = {}
         self._terms: dict[str, Hit] = {}
 
@@ -191,8 +225,9 @@ class Matcher:
         return self._total
 
     def match(self, labels: Sequence[str], top_k: int = 3, batch_size: int = DEFAULT_BATCH_SIZE
-              ) -> list[list[Match]]:
-        """One ranked list per input label, in input order; blank labels get an empty list."""
+              ) -> list[Answer]:
+        """One ranked `Answer` (a list of `Match`) per input label, in input order; blank labels get an
+        empty one. Labels that are ontology ids are looked up, the others matched."""
         _check_arguments(labels, top_k, batch_size)
         todo: dict[str, None] = {}
         for label in labels:
@@ -200,24 +235,25 @@ class Matcher:
                 raise MatcherError(f"labels must be strings; got {type(label).__name__} {label!r}")
             if label.strip() and (label, top_k) not in self._answers:
                 todo[label] = None
-        pending = list(todo)
-        fresh: dict[str, list[Match]] = {}
+        ids = {label: curie for label in todo if (curie := parse_term_id(label)) is not None}
+        pending = [label for label in todo if label not in ids]
+        fresh: dict[str, Answer] = self._answer_ids(ids, top_k) if ids else {}
         for start in range(0, len(pending), ROUND_LABELS):
             fresh.update(self._match_round(pending[start:start + ROUND_LABELS], top_k, batch_size))
         out = []
         for label in labels:
             if not label.strip():
-                out.append([])
+                out.append(Answer())
                 continue
             found = fresh.get(label)
             if found is None:
                 found = self._answers[(label, top_k)]
                 self._answers.move_to_end((label, top_k))
-            out.append(list(found))
+            out.append(found.copy())
         self._remember(fresh, top_k)
         return out
 
-    def _remember(self, fresh: dict[str, list[Match]], top_k: int) -> None:
+    def _remember(self, fresh: dict[str, Answer], top_k: int) -> None:
         for label, found in fresh.items():
             self._answers[(label, top_k)] = found
         while len(self._answers) > ANSWER_CACHE:
@@ -227,7 +263,44 @@ class Matcher:
         if len(self._terms) > RECORD_CACHE:
             self._terms.clear()
 
-    def _match_round(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, list[Match]]:
+    def _answer_ids(self, ids: dict[str, str], top_k: int) -> dict[str, Answer]:
+        """Answers for labels that are ids (label -> CURIE): the live term, an obsolete id's
+        replacement or the terms to consider, or an error saying why the id has no term."""
+        ontology = self._ontology or _ontology_of(self.collection.name)
+        if ontology is None:
+            reason = (f"collection {self.collection.name!r} does not record its ontology, so ids cannot be "
+                      "looked up in it; rebuild it with `python -m ontosearch build-snapshot`")
+            return {label: Answer(status=STATUS_ERROR, reason=reason) for label in ids}
+        own = id_prefix(ontology) + ":"
+        live = self._fetch_terms({curie for curie in ids.values() if curie.startswith(own)})
+        out: dict[str, Answer] = {}
+        upgrades: dict[str, _Upgrade] = {}
+        for label, curie in ids.items():
+            if not curie.startswith(own):
+                out[label] = Answer(status=STATUS_ERROR, reason=_foreign_id_reason(curie, ontology))
+            elif curie in live:
+                out[label] = Answer([Match(curie, live[curie][0]["label"], EXACT_SCORE, label, 1, "id")])
+            else:
+                plan = _obsolete_plan(ontology, self._version, curie, top_k)
+                if isinstance(plan, Answer):
+                    out[label] = plan
+                else:
+                    upgrades[label] = plan
+        found = self._fetch_terms({term_id for _, targets, _ in upgrades.values() for term_id in targets})
+        for label, (status, targets, reason) in upgrades.items():
+            present = [term_id for term_id in targets if term_id in found]
+            if not present:
+                reason = f"{reason}, which this collection does not hold"
+                out[label] = Answer(status=STATUS_ERROR, reason=reason)
+                continue
+            matches = [
+                Match(term_id, found[term_id][0]["label"], EXACT_SCORE, label, rank, "replaced_id")
+                for rank, term_id in enumerate(present, start=1)
+            ]
+            out[label] = Answer(matches, status, reason if status == STATUS_CONSIDER else "")
+        return out
+
+    def _match_round(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, Answer]:
         """Match distinct labels: exact hits, abbreviation hits, then one embedding call and the queries.
 
         A label with exact hits on exactly one term needs no embedding: the term's stored label
@@ -292,15 +365,15 @@ class Matcher:
             batch = sources[start:start + batch_size]
             candidates.update(self._candidates(batch, np.stack([vectors[s] for s in batch]), top_k))
 
-        found: dict[str, list[Match]] = {}
+        found: dict[str, Answer] = {}
         for label in labels:
             source = source_of[label]
             abbreviated = abbr_hits.get(abbreviations[label] or "", [])
             ranked = _rank(keys[label], hits, abbreviated, vectors[source], candidates[source])
-            found[label] = [
-                Match(term_id, term_label, score, text, rank)
-                for rank, (term_id, term_label, score, text) in enumerate(ranked[:top_k], start=1)
-            ]
+            found[label] = Answer([
+                Match(term_id, term_label, score, text, rank, match_type)
+                for rank, (term_id, term_label, score, text, match_type) in enumerate(ranked[:top_k], start=1)
+            ])
         return found
 
     def _candidates(self, sources: list[Any], vectors: np.ndarray, top_k: int) -> dict[Any, list[Candidate]]:
@@ -379,6 +452,47 @@ def _keys(texts: list[str], suffixes: dict[str, bool]) -> list[str]:
     return list(dict.fromkeys(key for text in texts for key in query_keys(text, **suffixes)))
 
 
+# (status of the answer, the ids of the terms to fetch, why): an obsolete id's way to live terms.
+_Upgrade = tuple[str, list[str], str]
+
+
+def _obsolete_plan(ontology: str, version: str | None, curie: str, top_k: int) -> Answer | _Upgrade:
+    """For an id of the ontology that the collection lacks: the terms to answer with, or the error."""
+    where = f"{ontology} {version or ''}".strip()
+    try:
+        entry, target = replacement_chain(ontology, version, curie)
+    except ObsoleteLookupError as exc:
+        return Answer(status=STATUS_ERROR, reason=f"{curie} is not a live {where} term; {exc}")
+    if entry is None:
+        return Answer(status=STATUS_ERROR,
+                      reason=f"{curie} is not a term of {where} (neither live nor obsolete); check the id")
+    if target is not None:
+        return STATUS_OK, [target], f"{curie} ({entry.label!r}) is obsolete, replaced by {target}"
+    suggested = considered(ontology, version, entry)
+    if suggested:
+        return STATUS_CONSIDER, suggested[:top_k], (
+            f"{curie} ({entry.label!r}) is obsolete and has no replacement; {where} suggests "
+            f"considering {', '.join(suggested)}")
+    return Answer(status=STATUS_ERROR, reason=(
+        f"{curie} ({entry.label!r}) is obsolete and {where} names no replacement or term to consider; "
+        "choose a term by its label"))
+
+
+def _ontology_of(collection_name: str) -> str | None:
+    """The ontology a collection named `<ontology>_<version>` holds, when its metadata does not say."""
+    head = collection_name.split("_", 1)[0]
+    return head if head in ONTOLOGY_PREFIXES else None
+
+
+def _foreign_id_reason(curie: str, ontology: str) -> str:
+    prefix = curie.split(":", 1)[0]
+    other = next((name for name, own in ONTOLOGY_PREFIXES.items() if own == prefix), None)
+    if other is not None:
+        return f"{curie} is a {other} id, not a {ontology} one; annotate it against {other}"
+    own = id_prefix(ontology)
+    return f"{curie} is a {prefix} id; this collection holds {ontology} terms ({own}:...) only"
+
+
 def _check_arguments(labels: Sequence[str], top_k: int, batch_size: int) -> None:
     if isinstance(labels, str):
         raise MatcherError("labels must be a sequence of strings, not one string; wrap it in a list")
@@ -397,8 +511,8 @@ def match(
     batch_size: int = DEFAULT_BATCH_SIZE,
     collection: str | None = None,
     exact: bool = True,
-) -> list[list[Match]]:
-    """Rank ontology terms for each label; one list per input label, in input order.
+) -> list[Answer]:
+    """Rank ontology terms for each label; one `Answer` (a list of `Match`) per input label, in order.
 
     `ontology` is a name or alias (cl/cell_type, uberon/tissue, mondo/disease). Duplicate labels
     are matched once. Empty labels get an empty list. `client=None` connects with
@@ -462,15 +576,15 @@ def _rank(
     abbr_hits: list[Hit],
     vector: np.ndarray,
     candidates: list[Candidate],
-) -> list[tuple[str, str, float, str]]:
-    """(term_id, term_label, score, matched_text), each term once, best first."""
-    ranked: list[tuple[str, str, float, str]] = []
+) -> list[tuple[str, str, float, str, str]]:
+    """(term_id, term_label, score, matched_text, match_type), each term once, best first."""
+    ranked: list[tuple[str, str, float, str, str]] = []
     seen: set[str] = set()
 
-    def take(meta: dict[str, Any], score: float) -> None:
+    def take(meta: dict[str, Any], score: float, match_type: str) -> None:
         if meta["term_id"] not in seen:
             seen.add(meta["term_id"])
-            ranked.append((meta["term_id"], meta["label"], score, meta["text"]))
+            ranked.append((meta["term_id"], meta["label"], score, meta["text"], match_type))
 
     exact = []
     for priority, key in enumerate(keys):
@@ -482,7 +596,7 @@ def _rank(
             generality = min(int(meta.get("descendants", 0)), ABBREVIATION_GENERALITY_CAP)
             exact.append(((priority, bool(meta.get("specific")), kind, -similarity, -generality), meta))
     for _, meta in sorted(exact, key=lambda item: item[0]):
-        take(meta, EXACT_SCORE)
+        take(meta, EXACT_SCORE, meta["kind"] if meta["kind"] in _EXACT_KIND_ORDER else "synonym")
 
     by_term: dict[str, list[Hit]] = {}
     for meta, record_vector in abbr_hits:
@@ -501,17 +615,17 @@ def _rank(
         )
         abbreviated.append((rank_key, meta))
     for _, meta in sorted(abbreviated, key=lambda item: item[0]):
-        take(meta, ABBREVIATION_SCORE)
+        take(meta, ABBREVIATION_SCORE, "abbreviation")
 
     for meta, similarity in candidates:
-        take(meta, similarity)
+        take(meta, similarity, "vector")
 
     # Scores never increase with rank.
     capped = []
     ceiling = 1.0
-    for term_id, label, score, text in ranked:
+    for term_id, label, score, text, match_type in ranked:
         ceiling = min(ceiling, score)
-        capped.append((term_id, label, ceiling, text))
+        capped.append((term_id, label, ceiling, text, match_type))
     return capped
 
 

@@ -174,8 +174,10 @@ def test_empty_files_give_no_rows(tmp_path: Path) -> None:
 def test_writer_emits_one_line_per_rank_or_one_error_line_and_counts() -> None:
     out = io.StringIO()
     matches = [
-        {"rank": 1, "term_id": "CL:0000182", "term_label": "hepatocyte", "score": 1.0},
-        {"rank": 2, "term_id": "CL:0019026", "term_label": "periportal region hepatocyte", "score": 0.66912},
+        {"rank": 1, "term_id": "CL:0000182", "term_label": "hepatocyte", "score": 1.0,
+         "match_type": "synonym"},
+        {"rank": 2, "term_id": "CL:0019026", "term_label": "periportal region hepatocyte", "score": 0.66912,
+         "match_type": "vector"},
     ]
     counts = write_rows(out, [
         (1, "hepatocytes", None, matches),
@@ -186,10 +188,11 @@ def test_writer_emits_one_line_per_rank_or_one_error_line_and_counts() -> None:
     table = list(csv.reader(io.StringIO(out.getvalue())))
     assert tuple(table[0]) == RESULT_COLUMNS
     assert table[1:] == [
-        ["hepatocytes", "cl", "1", "CL:0000182", "hepatocyte", "1.0000", "ok", ""],
-        ["hepatocytes", "cl", "2", "CL:0019026", "periportal region hepatocyte", "0.6691", "ok", ""],
-        ["", "cl", "", "", "", "", "error", "empty label"],
-        ["zzz", "cl", "", "", "", "", "no_match", "no term found"],
+        ["hepatocytes", "cl", "1", "CL:0000182", "hepatocyte", "1.0000", "synonym", "ok", ""],
+        ["hepatocytes", "cl", "2", "CL:0019026", "periportal region hepatocyte", "0.6691", "vector", "ok",
+         ""],
+        ["", "cl", "", "", "", "", "", "error", "empty label"],
+        ["zzz", "cl", "", "", "", "", "", "no_match", "no term found"],
     ]
 
 
@@ -197,4 +200,4 @@ def test_writer_without_header_for_parts_that_are_concatenated() -> None:
     out = io.StringIO()
     writer = ResultWriter(out, ontology="mondo", header=False)
     writer.write(7, "asthma", "matching failed: server down")
-    assert out.getvalue() == "asthma,mondo,,,,,error,matching failed: server down\n"
+    assert out.getvalue() == "asthma,mondo,,,,,,error,matching failed: server down\n"

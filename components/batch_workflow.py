@@ -64,7 +64,8 @@ class BatchWorkflowArgs(ChromaTaskArgs):
 CONFIG_KEYS = {
     "mapConcurrency": ("map_concurrency", 1, 40),
     "workflowTimeoutSeconds": ("workflow_timeout_seconds", 60, 86400),
-    "readyTimeoutSeconds": ("ready_timeout_seconds", 30, 3600),
+    # StartTask's TimeoutSeconds: above its HeartbeatSeconds (ASL requires it) with a minute to spare
+    "readyTimeoutSeconds": ("ready_timeout_seconds", wd.START_HEARTBEAT_SECONDS + 60, 3600),
 }
 
 

@@ -69,6 +69,8 @@ def test_state_machine_deploys_the_shared_definition_with_the_stack_arns(stack) 
     assert deployed == expected
     assert deployed["TimeoutSeconds"] == 5400
     assert deployed["States"]["QueryChunks"]["MaxConcurrency"] == 12
+    # issue 11 point 8: the first heartbeat comes after Fargate provisioning and four image pulls
+    assert deployed["States"]["StartTask"]["HeartbeatSeconds"] >= 300
     start = deployed["States"]["StartTask"]["Parameters"]
     assert start["TaskDefinition"] == task_def and start["Cluster"] == cluster
     assert start["NetworkConfiguration"]["AwsvpcConfiguration"]["AssignPublicIp"] == "DISABLED"
@@ -206,6 +208,8 @@ def test_bad_workflow_config_names_the_key() -> None:
 
     with pytest.raises(ConfigError, match="ontosearch:mapConcurrency"):
         synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:mapConcurrency": 0})
+    with pytest.raises(ConfigError, match="ontosearch:readyTimeoutSeconds must be between 360"):
+        synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:readyTimeoutSeconds": 120})
     with pytest.raises(ConfigError, match="ontosearch:readyTimeoutSeconds"):
         synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:readyTimeoutSeconds": 900,
                            "ontosearch:workflowTimeoutSeconds": 600})

@@ -134,11 +134,63 @@ def test_every_state_after_the_task_starts_is_caught_and_stops_the_task(definiti
     assert states["Failed"]["Type"] == "Fail"
     assert states["Failed"]["CausePath"] == "$.error.Cause"
     assert states["Failed"]["ErrorPath"] == "$.error.Error"
-    for name in ("StopTaskAfterFailure", "StopTaskAfterFailureEach"):
-        assert states[name]["Catch"][0]["ResultPath"] != "$.error"
+    stoppers = [n for n in failure_path if states[n]["Type"] in {"Task", "Map"}]
+    assert {"StopTaskAfterFailureByArn", "StopTaskAfterFailureFind", "StopTaskAfterFailureFindEach"} <= set(
+        stoppers)
+    for name in stoppers:
+        assert states[name]["Catch"][0]["ResultPath"] != "$.error", name
     # success path goes through StopTask before Done
     assert "Done" in reachable(states, "StopTask")
     assert "Done" not in reachable(states, "Merge") - reachable(states, "StopTask") - {"Done"}
+
+
+@pytest.mark.parametrize("entry", ["StopTask", "StopTaskAfterFailure"])
+def test_a_reported_task_is_stopped_by_its_arn_only_an_unreported_one_is_listed(definition, entry) -> None:
+    """Issue 11 point 5: StopTask on the ARN the agent reported ($.task.task_arn, see
+    ontosearch.task_agent: SendTaskSuccess output {"url", "task_arn", ...}); ListTasks by
+    startedBy only when no ARN was reported."""
+    states = definition["States"]
+    choice = states[entry]
+    assert choice["Type"] == "Choice"
+    assert choice["Choices"] == [{"Variable": "$.task.task_arn", "IsPresent": True,
+                                  "Next": f"{entry}CheckArn"}]
+    check = states[f"{entry}CheckArn"]
+    (rule,) = check["Choices"]
+    assert rule["Next"] == f"{entry}ByArn"
+    assert {"Variable": "$.task.task_arn", "StringMatches": wd.TASK_ARN_PATTERN} in rule["And"]
+    assert choice["Default"] == check["Default"] == f"{entry}Find"
+    by_arn = states[f"{entry}ByArn"]
+    assert by_arn["Resource"] == wd.ECS_STOP_TASK
+    assert by_arn["Parameters"]["Task.$"] == "$.task.task_arn"
+    assert by_arn["Parameters"]["Cluster"] == SETTINGS["cluster_arn"]
+    find = states[f"{entry}Find"]
+    assert find["Resource"] == wd.ECS_LIST_TASKS
+    assert find["Parameters"] == {"Cluster": SETTINGS["cluster_arn"], "StartedBy.$": "$$.Execution.Name"}
+    assert states[find["Next"]]["Type"] == "Map" and states[find["Next"]]["ItemsPath"] == "$.running.arns"
+    # the reported ARN and the fallback both end where the stop leads
+    assert by_arn["Next"] == states[find["Next"]]["Next"]
+
+
+def test_the_task_arn_pattern_accepts_ecs_task_arns_only() -> None:
+    import fnmatch
+
+    # Choice StringMatches: "*" matches any run of characters (https://states-language.net/spec.html)
+    for arn in ("arn:aws:ecs:us-east-1:123456789012:task/ontosearch-dev/0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+                "arn:aws-cn:ecs:cn-north-1:123456789012:task/c/abc"):
+        assert fnmatch.fnmatchcase(arn, wd.TASK_ARN_PATTERN), arn
+    for other in ("", "http://10.0.0.5:8443", "arn:aws:ecs:us-east-1:123456789012:cluster/c"):
+        assert not fnmatch.fnmatchcase(other, wd.TASK_ARN_PATTERN), other
+
+
+def test_start_heartbeat_is_below_the_start_timeout_and_covers_a_cold_fargate_start() -> None:
+    settings = wd.WorkflowSettings(**SETTINGS)
+    start = wd.build_definition(settings)["States"]["StartTask"]
+    # ARCHITECTURE.md "Cold start": RunTask to RUNNING 30-60 s typical, image pull dominating; the
+    # first heartbeat comes only after all four images are pulled: at least 300 s (issue 11, point 8)
+    assert start["HeartbeatSeconds"] >= 300
+    assert start["HeartbeatSeconds"] < start["TimeoutSeconds"]
+    with pytest.raises(ValueError, match="heartbeat_seconds .* must be below"):
+        wd.WorkflowSettings(**SETTINGS, heartbeat_seconds=600, ready_timeout_seconds=600)
 
 
 def test_map_concurrency_comes_from_settings_and_chunk_queries_retry_transient_errors(definition) -> None:

@@ -118,6 +118,31 @@ def test_a_task_that_never_becomes_ready_fails_with_the_reason(small_snapshot, t
         assert flow.keys(f"work/{run.execution}/parts/") == []
 
 
+def test_a_task_that_never_reports_is_found_by_started_by_and_stopped(small_snapshot, tmp_path):
+    """Issue 11 point 5, the fallback: no heartbeat within HeartbeatSeconds (the agent container
+    starts late, as after a slow image pull), so no task ARN reached the state: the failure path
+    lists the execution's tasks (startedBy = execution name) and stops each, while it still runs."""
+    with LocalWorkflow(ready_timeout_seconds=30, heartbeat_seconds=3, workflow_timeout_seconds=120,
+                       task_options={"agent_start_delay_seconds": 40}) as flow:
+        uri = start(flow, small_snapshot, tmp_path)
+        started = time.monotonic()
+        run = flow.run({"input": uri, "ontology": "cl", "top_k": 2})
+        assert run.status == "FAILED", run.result()
+        assert run.error == "States.HeartbeatTimeout"
+        assert time.monotonic() - started < 30, "the stop must not wait for the agent"
+        (task,) = run.tasks
+        entered = [e["state"] for e in run.events if e.get("event") == "StateEntered"]
+        assert "StopTaskAfterFailureFind" in entered and "StopTaskAfterFailureByArn" not in entered
+        assert flow.fleet.calls == [
+            ("ListTasks", {"Cluster": flow.settings.cluster_arn, "StartedBy": run.execution}),
+            ("StopTask", {"Cluster": flow.settings.cluster_arn, "Task": task.arn,
+                          "Reason": f"batch workflow {run.execution} finished"}),
+        ]
+        assert task.stopped_reason() == "StopTask"  # stopped by the state machine, not by itself
+        assert not replica_leftovers(task)
+        assert not (task.workdir / "task-agent.log").exists(), "the agent never started"
+
+
 def test_a_wrong_token_fails_without_retries_and_names_the_secret_mismatch(small_snapshot, tmp_path):
     calls = []
 

@@ -87,6 +87,9 @@ def test_execution_annotates_every_row_saves_a_snapshot_and_stops_the_task(small
         entered = [e["state"] for e in run.events if e.get("event") == "StateEntered"]
         assert entered.index("Split") < entered.index("StartTask") < entered.index("QueryChunks")
         assert entered.index("Merge") < entered.index("SaveSnapshot") < entered.index("StopTask")
+        # the agent reported its task's ARN: one StopTask on exactly that task, no ListTasks
+        assert "StopTaskByArn" in entered and "StopTaskFind" not in entered
+        assert [(op, params.get("Task")) for op, params in flow.fleet.calls] == [("StopTask", task.arn)]
 
 
 def test_invalid_input_fails_before_any_task_starts(small_snapshot, tmp_path) -> None:

@@ -14,9 +14,10 @@ Lambda error causes are reduced to their message (the Explain* states), so a fai
 says what was wrong without a stack trace.
 
 Split runs before the task starts: a file that cannot be read fails before any Fargate second is
-paid for, and the task does not idle while the input is chunked. The task is found for stopping
-by `startedBy` = the execution name (ListTasks), not by the RunTask response: with
-waitForTaskToken the response never reaches the state machine when the task fails to report.
+paid for, and the task does not idle while the input is chunked. The task is stopped by the ARN
+its agent reports with the task token ($.task.task_arn); a task that never reported (with
+waitForTaskToken the RunTask response never reaches the state machine) is found by `startedBy` =
+the execution name (ListTasks) instead.
 `Catch` does not run on an execution timeout, so the task agent gets the execution start and a
 deadline and stops the task itself (ontosearch.task_agent).
 """
@@ -62,6 +63,15 @@ LAMBDA_TRANSIENT = [
 # heartbeat does not fail the execution.
 HEARTBEAT_FRACTION = 3
 
+# HeartbeatSeconds of StartTask on AWS. The first heartbeat can only come once the agent container
+# runs, i.e. after Fargate has provisioned the task and pulled all four containers' images (restore,
+# chroma, proxy, agent). ARCHITECTURE.md ("Cold start"): RunTask to RUNNING is typically 30-60 s,
+# image pull dominating; the ECS docs name no upper bound (large images and a cold registry take
+# minutes: https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-lifecycle-explanation.html).
+# 300 s is five times the typical start, so a slow pull does not end the execution with
+# States.HeartbeatTimeout before the task could say anything.
+START_HEARTBEAT_SECONDS = 300
+
 
 @dataclass(frozen=True)
 class WorkflowSettings:
@@ -83,7 +93,7 @@ class WorkflowSettings:
     map_concurrency: int = 10
     workflow_timeout_seconds: int = 3600
     ready_timeout_seconds: int = 600
-    heartbeat_seconds: int = 120
+    heartbeat_seconds: int = START_HEARTBEAT_SECONDS
     chunk_timeout_seconds: int = 300
     save_timeout_seconds: int = 900
     # extra life the task gives itself past the execution's TimeoutSeconds before it exits,
@@ -108,6 +118,13 @@ class WorkflowSettings:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ready_timeout_seconds < 10:
             problems.append(f"ready_timeout_seconds must be >= 10, got {self.ready_timeout_seconds}")
+        if self.heartbeat_seconds >= self.ready_timeout_seconds:
+            # ASL: "HeartbeatSeconds ... MUST be smaller than TimeoutSeconds"
+            # (https://states-language.net/spec.html#task-state)
+            problems.append(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be below "
+                f"ready_timeout_seconds ({self.ready_timeout_seconds})"
+            )
         if self.ready_timeout_seconds >= self.workflow_timeout_seconds:
             problems.append(
                 f"ready_timeout_seconds ({self.ready_timeout_seconds}) must be below "
@@ -188,37 +205,71 @@ def restore_command_expression() -> str:
     )
 
 
+# A task ARN as ECS reports it (arn:aws:ecs:region:account:task/cluster/id, any partition).
+TASK_ARN_PATTERN = "arn:aws*:ecs:*:task/*"
+
+
 def _stop_states(prefix: str, then: str, *, on_error: str, cluster: str) -> dict[str, dict[str, Any]]:
-    """ListTasks(startedBy=execution) then StopTask each: finds the task even when it never reported."""
-    list_name, each_name = f"{prefix}", f"{prefix}Each"
+    """Stop the task by the ARN its agent reported ($.task.task_arn); ListTasks only as the fallback.
+
+    The agent's SendTaskSuccess output carries the task ARN, so a task that reported is stopped
+    with one StopTask on exactly that task. A task that never reported (RunTask failed, or the
+    state timed out or lost its heartbeat while the task was still starting) has no ARN in the
+    state: it is found by `startedBy` = the execution name, the one key RunTask set that the
+    state machine knows without the RunTask response (waitForTaskToken never returns it).
+    """
+    by_arn, find, each = f"{prefix}ByArn", f"{prefix}Find", f"{prefix}FindEach"
+    reason = "States.Format('batch workflow {} finished', $$.Execution.Name)"
     retry = [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "MaxAttempts": 3, "BackoffRate": 2.0}]
+    catch = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.stop_error", "Next": on_error}]
     return {
-        list_name: {
+        # Two Choice states: a comparison on a path that is absent is a runtime error, so presence is
+        # tested on its own first.
+        prefix: {
+            "Type": "Choice",
+            "Comment": "Did the agent report the task ARN?",
+            "Choices": [{"Variable": "$.task.task_arn", "IsPresent": True, "Next": f"{prefix}CheckArn"}],
+            "Default": find,
+        },
+        f"{prefix}CheckArn": {
+            "Type": "Choice",
+            "Choices": [{"And": [{"Variable": "$.task.task_arn", "IsString": True},
+                                 {"Variable": "$.task.task_arn", "StringMatches": TASK_ARN_PATTERN}],
+                         "Next": by_arn}],
+            "Default": find,
+        },
+        by_arn: {
             "Type": "Task",
+            "Resource": ECS_STOP_TASK,
+            "Parameters": {"Cluster": cluster, "Task.$": "$.task.task_arn", "Reason.$": reason},
+            "ResultPath": None,
+            "Retry": retry,
+            "Catch": catch,
+            "Next": then,
+        },
+        find: {
+            "Type": "Task",
+            "Comment": "Fallback for a task that never reported: find it by startedBy.",
             "Resource": ECS_LIST_TASKS,
             "Parameters": {"Cluster": cluster, "StartedBy.$": "$$.Execution.Name"},
             "ResultSelector": {"arns.$": "$.TaskArns"},
             "ResultPath": "$.running",
             "Retry": retry,
-            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.stop_error", "Next": on_error}],
-            "Next": each_name,
+            "Catch": catch,
+            "Next": each,
         },
-        each_name: {
+        each: {
             "Type": "Map",
             "ItemsPath": "$.running.arns",
             "MaxConcurrency": 5,
             "ItemProcessor": {
                 "ProcessorConfig": {"Mode": "INLINE"},
-                "StartAt": f"{prefix}One",
+                "StartAt": f"{prefix}FindOne",
                 "States": {
-                    f"{prefix}One": {
+                    f"{prefix}FindOne": {
                         "Type": "Task",
                         "Resource": ECS_STOP_TASK,
-                        "Parameters": {
-                            "Cluster": cluster,
-                            "Task.$": "$",
-                            "Reason.$": "States.Format('batch workflow {} finished', $$.Execution.Name)",
-                        },
+                        "Parameters": {"Cluster": cluster, "Task.$": "$", "Reason.$": reason},
                         "ResultSelector": {"stopped.$": "$.Task.TaskArn"},
                         "Retry": retry,
                         "End": True,
@@ -226,7 +277,7 @@ def _stop_states(prefix: str, then: str, *, on_error: str, cluster: str) -> dict
                 },
             },
             "ResultPath": None,
-            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.stop_error", "Next": on_error}],
+            "Catch": catch,
             "Next": then,
         },
     }

@@ -81,6 +81,9 @@ def local_settings(**overrides: Any) -> wd.WorkflowSettings:
         **{f"{step}_function": function_arn(step) for step in STEPS},
     )
     values.update(overrides)
+    if "heartbeat_seconds" not in overrides:
+        # a local task starts in seconds; HeartbeatSeconds must stay below the state's TimeoutSeconds
+        values["heartbeat_seconds"] = min(60, max(1, int(values["ready_timeout_seconds"]) // 2))
     return wd.WorkflowSettings(**values)
 
 
@@ -205,9 +208,13 @@ class LocalFleet:
     """RunTask/ListTasks/StopTask over local replicas of the task."""
 
     def __init__(self, root: Path, read_secret_arn: str, admin_secret_arn: str, env: dict[str, str],
-                 bucket: str = "") -> None:
+                 bucket: str = "", task_options: dict[str, Any] | None = None) -> None:
         self.root = root
         self.bucket = bucket
+        # extra replica settings (ontosearch.workflow.local_task), e.g. a slow agent start
+        self.task_options = dict(task_options or {})
+        # every ListTasks / StopTask the state machine made, in order: (operation, parameters)
+        self.calls: list[tuple[str, dict[str, Any]]] = []
         self.read_secret_arn = read_secret_arn
         self.admin_secret_arn = admin_secret_arn
         self.env = env
@@ -234,7 +241,7 @@ class LocalFleet:
             "workdir": str(workdir), "task_arn": arn, "restore_command": restore, "agent_env": agent_env,
             "proxy_port": port, "proxy_url": f"http://127.0.0.1:{port}",
             "read_secret_arn": self.read_secret_arn, "admin_secret_arn": self.admin_secret_arn,
-            "bucket": self.bucket,
+            "bucket": self.bucket, **self.task_options,
         }
         (workdir / "spec.json").write_text(json.dumps(spec))
         with open(workdir / "local-task.log", "ab") as log_file:
@@ -250,11 +257,13 @@ class LocalFleet:
 
     def list_tasks(self, params: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
+            self.calls.append(("ListTasks", dict(params)))
             arns = [t.arn for t in self.tasks if t.running() and t.started_by == params.get("StartedBy")]
         return {"TaskArns": arns}
 
     def stop_task(self, params: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         with self._lock:
+            self.calls.append(("StopTask", dict(params)))
             handle = next((t for t in self.tasks if t.arn == params.get("Task")), None)
         if handle is None:
             raise TaskFailure("ECS.InvalidParameterException", f"task {params.get('Task')} not found")
@@ -435,7 +444,9 @@ class LocalWorkflow:
     """S3 and Secrets Manager (moto), a bucket, the token secrets and the bridge: run executions in it.
 
     `lambda_token` gives the query Lambda its own secret with that value (a wrong token, for tests);
-    `wrap` maps a step ("validate", "split", ...) to a function that wraps its real handler.
+    `wrap` maps a step ("validate", "split", ...) to a function that wraps its real handler;
+    `task_options` go to every task replica's spec (e.g. {"agent_start_delay_seconds": 20}: the
+    agent container starts late, as after a slow image pull).
     """
 
     def __init__(
@@ -446,6 +457,7 @@ class LocalWorkflow:
         lambda_token: str | None = None,
         wrap: dict[str, Callable[[Handler], Handler]] | None = None,
         progress: Callable[[str], None] | None = None,
+        task_options: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         self._own_workdir = workdir is None
@@ -455,6 +467,7 @@ class LocalWorkflow:
         self.lambda_token = lambda_token
         self.wrap = wrap or {}
         self.progress = progress
+        self.task_options = task_options
         self.settings = local_settings(**settings)
         self.moto: Any = None
         self.endpoint = ""
@@ -506,7 +519,7 @@ class LocalWorkflow:
         for step, wrapper in self.wrap.items():
             handlers[f"ontosearch-local-{step}"] = wrapper(handlers[f"ontosearch-local-{step}"])
         fleet = LocalFleet(self.workdir / "tasks", self.read_secret_arn, self.admin_secret_arn, {},
-                           bucket=self.bucket)
+                           bucket=self.bucket, task_options=self.task_options)
         self.bridge = Bridge(fleet, handlers).start()
         self.fleet = self.bridge.fleet
         self.fleet.env = {**base_env, "AWS_ENDPOINT_URL_SFN": self.bridge.url}

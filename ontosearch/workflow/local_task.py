@@ -135,6 +135,10 @@ class Replica:
     def run(self) -> int:
         read_token = _secret(self.spec["read_secret_arn"])
         admin_token = _secret(self.spec["admin_secret_arn"])
+        # An agent that starts late (a slow image pull on Fargate) sends no heartbeat meanwhile.
+        if self.stop_requested.wait(float(self.spec.get("agent_start_delay_seconds", 0))):
+            self.shutdown()
+            return 0
         self.start_agent(read_token)
         data = self.workdir / "data"
         try:

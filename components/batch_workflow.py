@@ -216,7 +216,7 @@ class BatchWorkflow(pulumi.ComponentResource):
                 {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
                  "description": "HTTPS to S3, Secrets Manager (endpoints or NAT)"},
                 {"protocol": "tcp", "from_port": c.PROXY_PORT, "to_port": c.PROXY_PORT,
-                 "cidr_blocks": [args.vpc_cidr], "description": "the batch task's auth proxy"},
+                 "cidr_blocks": [args.vpc_cidr], "description": "the auth proxy of the batch task"},
             ],
             opts=child)
         task_sg = aws.ec2.SecurityGroup(

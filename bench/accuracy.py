@@ -2,6 +2,7 @@
 
     python bench/accuracy.py                      # all three ontologies, all sets, all modes
     python bench/accuracy.py --ontologies cl --json bench/results/accuracy.json --failures
+    python bench/accuracy.py --json bench/results/accuracy.json --write-docs   # + docs/matching.md's table
 
 Six sets per ontology: `realworld_<ontology>.tsv` (labels as scientists write them, assembled by
 hand), `realworld2_<ontology>.tsv` (a second such set, written later without access to the matcher,
@@ -40,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ontosearch.bench.report import ACCURACY_TARGETS, REAL_WORLD_SETS  # noqa: E402
+from ontosearch.bench.report import ACCURACY_TARGETS, REAL_WORLD_SETS, REAL_WORLD_TARGETS  # noqa: E402
 from ontosearch.indexing import collection_name, index_ontology  # noqa: E402
 from ontosearch.matcher import match  # noqa: E402
 from ontosearch.ontologies import Ontology, load_ontology  # noqa: E402
@@ -50,6 +51,7 @@ SETS = (*REAL_WORLD_SETS, "variants")
 NEW_SUFFIX = "-new"  # "<set>-new": the rows of <set> whose label no earlier real-world set holds
 MODES = ("vector/labels", "vector/synonyms", "matcher/labels", "matcher/synonyms")
 TOP_K = 5
+ACCURACY_ONTOLOGIES = tuple(REAL_WORLD_TARGETS)  # the ontologies a full run (and the docs table) covers
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Matching accuracy",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python bench/accuracy.py` "
+        f"Measured {report.get('measured') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+        "with `python bench/accuracy.py` "
         f"on {platform.machine()} ({os.cpu_count()} cores), embedder {spec['name']} ({spec['dimensions']}-d, "
         f"{spec.get('pooling')} pooling), top-{TOP_K} results per label. Modes are explained in the script's "
         "docstring; matcher/synonyms is what `match()` and `annotate` ship.",
@@ -267,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report (with failures) here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown report here")
     parser.add_argument("--failures", action="store_true", help="print the shipped mode's misses")
+    parser.add_argument(
+        "--write-docs", action="store_true",
+        help="also rewrite the accuracy table of docs/matching.md from this run (needs --json and the "
+        "full grid: every ontology, set and mode, no --limit)",
+    )
     args = parser.parse_args(argv)
 
     from ontosearch.embedders import cache_dir, get_embedder
@@ -279,11 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown mode/set {', '.join(unknown)}; modes: {', '.join(MODES)}; sets: {', '.join(SETS)}"
         )
+    full_grid = (set(ontologies), set(sets), set(modes)) == (set(ACCURACY_ONTOLOGIES), set(SETS), set(MODES))
+    if args.write_docs and (args.json is None or not full_grid or args.limit is not None):
+        parser.error(
+            "--write-docs renders docs/matching.md from the --json file and needs the full grid; "
+            "run with --json bench/results/accuracy.json and without --ontologies/--sets/--modes/--limit"
+        )
     embedder: Any = get_embedder(args.embedder)
     if not args.no_cache:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in embedder.name)
         embedder = CachedEmbedder(embedder, cache_dir() / "bench" / f"embeddings-{safe}.npz")
 
+    measured = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     started = time.perf_counter()
     if args.persist is not None:
         report = run(ontologies, sets, modes, args.persist, embedder, args.limit)
@@ -291,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="ontosearch-accuracy-") as tmp:
             report = run(ontologies, sets, modes, Path(tmp), embedder, args.limit)
     report["seconds"] = round(time.perf_counter() - started, 1)
+    report["measured"] = measured
     print(table(report))
     if args.failures:
         for key, misses in report["failures"].items():
@@ -306,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.write_docs:
+        from ontosearch.bench import doc_blocks
+
+        for page in doc_blocks.write_docs(files={doc_blocks.ACCURACY_RESULTS: args.json}):
+            print(f"wrote {page}", file=sys.stderr)
     return 0
 
 

@@ -16,8 +16,8 @@ embedded Chroma, matching, atomic output): its peak RSS includes the model and t
 come from a pool of --distinct texts, as in real files where the same cell types repeat, so the run
 measures streaming rather than the embedder's speed.
 
-Run it on an idle machine for the README figure; tests/test_reliability_bigfile.py runs a smaller
-version and asserts the growth stays bounded.
+Run it on an idle machine for the figure in docs/reliability-and-security.md;
+tests/test_reliability_bigfile.py runs a smaller version and asserts the growth stays bounded.
 """
 
 from __future__ import annotations

@@ -207,7 +207,8 @@ def _short(command: str) -> str:
     return re.sub(r"(/[^\s/]+)*/([^\s/]+)", r"\2", command)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt(value: Any, digits: int = 2) -> str:
+    """A number as the tables show it: thousands separated, fixed digits, "-" for what was not measured."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -217,25 +218,118 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    meta = results["meta"]
-    out = [f"# ontosearch benchmark{' (quick)' if meta.get('quick') else ''}", ""]
-    out.append(
-        f"Run {meta['started']} to {meta['finished']} ({meta['elapsed_s']:.0f} s) on {meta['machine']}."
-    )
-    out.append(f"Conditions: {meta['conditions']}")
-    out.append("")
-    out += [
-        "## Targets",
-        "",
+def run_lines(meta: dict[str, Any]) -> list[str]:
+    """When, where and under what load the run was made: every number of the run depends on it."""
+    return [
+        f"Run {meta['started']} to {meta['finished']} ({meta['elapsed_s']:.0f} s) on {meta['machine']}.",
+        f"Conditions: {meta['conditions']}",
+    ]
+
+
+def targets_lines(targets: list[dict[str, Any]]) -> list[str]:
+    out = [
         "| section | target | goal | measured | status | detail |",
         "|---|---|---|---:|---|---|",
     ]
-    for t in results.get("targets", []):
+    for t in targets:
         out.append(
-            f"| {t['section']} | {t['target']} | {t['goal']} | {_fmt(t['measured'], 3)} | "
+            f"| {t['section']} | {t['target']} | {t['goal']} | {fmt(t['measured'], 3)} | "
             f"**{t['status']}** | {t['detail']} |"
         )
+    return out
+
+
+def cold_start_lines(cold: dict[str, Any]) -> list[str]:
+    out = [
+        "| snapshot | archive MB | persist MB | restore s | chroma s | proxy s | "
+        "first query s | total s | trials | serve ready s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for run in cold.get("runs", []):
+        ph = run.get("phases", {})
+        out.append(
+            f"| {run['snapshot']} ({run.get('compression')}) | {fmt(run.get('archive_mb'), 1)} | "
+            f"{fmt(run.get('persist_mb'), 1)} | {fmt(ph.get('restore_s'))} | "
+            f"{fmt(ph.get('chroma_start_s'))} | {fmt(ph.get('proxy_start_s'))} | "
+            f"{fmt(ph.get('first_query_s'))} | **{fmt(run.get('total_s'))}** | "
+            f"{', '.join(fmt(t) for t in run.get('trials', []))} | {fmt(run.get('serve_ready_s'))} |"
+        )
+    for name, rows in cold.get("compression", {}).items():
+        out += [
+            "",
+            f"Archive size per compression ({name}):",
+            "",
+            "| compression | persist MB | archive MB | archive / persist | pack s | unpack s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            out.append(
+                f"| {row['compression']} | {fmt(row['persist_mb'], 1)} | {fmt(row['archive_mb'], 1)} | "
+                f"{fmt(row['ratio'], 3)} | {fmt(row['pack_s'])} | {fmt(row['unpack_s'])} |"
+                f"{' ' + row['note'] if row.get('note') else ''}"
+            )
+    for name, estimate in cold.get("fargate", {}).items():
+        out += ["", f"Fargate cold-start estimate ({name}): {estimate['arithmetic']}."]
+    return out
+
+
+def annotation_lines(annotation: dict[str, Any]) -> list[str]:
+    out = [
+        f"{annotation.get('rows', 0):,} labels, {annotation.get('unique', 0):,} distinct "
+        f"({annotation.get('duplicate_share', 0):.0%} duplicates), "
+        f"ontology {annotation.get('ontology')}.",
+        "",
+        "| what | wall s | labels/s (wall) | labels/s (reported) | labels per CPU-s | peak RSS MB "
+        "| status |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    alone = annotation.get("embedder_alone")
+    if alone and "error" not in alone:
+        out.append(
+            f"| embedder alone ({alone['embedder']['name']}, {alone['backend']}; "
+            f"{alone['unique_texts']} distinct texts) | {fmt(alone['unique_s'])} | "
+            f"{fmt(alone['texts_per_s'], 0)} texts/s | {fmt(alone['rows_per_s'], 0)} rows/s | "
+            f"{fmt(alone.get('texts_per_cpu_s'), 0)} texts | "
+            f"{fmt(alone.get('peak_rss_mb'), 0)} | ok (model load {fmt(alone['load_s'])} s) |"
+        )
+    for key in ("annotate", "workflow"):
+        entry = annotation.get(key)
+        if entry:
+            out.append(
+                f"| `{_short(entry.get('command', key))}` | {fmt(entry.get('wall_s'))} | "
+                f"{fmt(entry.get('labels_per_s_wall'), 0)} | "
+                f"{fmt(entry.get('labels_per_s_reported'), 0)} | "
+                f"{fmt(entry.get('labels_per_cpu_s'), 0)} | "
+                f"{fmt(entry.get('peak_rss_mb'), 0)} | {entry.get('error', 'ok')} |"
+            )
+    out += [
+        "",
+        "labels per CPU-s: rows divided by the CPU seconds of the process and its children; on an "
+        "otherwise idle 2-core machine the wall-clock rate can approach twice that.",
+        "",
+        "labels/s (reported): the command's own figure. For `annotate`, its matching loop (without "
+        "restoring the snapshot and loading the model); for `workflow`, the execution from start to "
+        "end state, including the task's start and stop but not the local set-up around it (moto, "
+        "publishing the snapshot to the local bucket, which on AWS happens once per snapshot).",
+    ]
+    return out
+
+
+def build_line(build: dict[str, Any]) -> str:
+    return (
+        f"`{_short(str(build.get('command')))}`: {fmt(build.get('wall_s'), 1)} s wall, "
+        f"{fmt(build.get('cpu_s'), 0)} CPU-s, peak RSS {fmt(build.get('peak_rss_mb'), 0)} MB"
+        f"{'; ' + build['error'] if 'error' in build else ''}"
+        f"{_build_note(build)}."
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    out = [f"# ontosearch benchmark{' (quick)' if meta.get('quick') else ''}", ""]
+    out += run_lines(meta)
+    out.append("")
+    out += ["## Targets", "", *targets_lines(results.get("targets", []))]
     for dataset in results.get("query", []):
         out += [
             "",
@@ -243,7 +337,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"{dataset['vectors']:,} vectors x {dataset['dimensions']}, "
             f"collection `{dataset['collection']}`; {dataset['queries']} distinct queries, top-10; "
-            f"Chroma RSS {_fmt(dataset.get('chroma_rss_mb'), 0)} MB; "
+            f"Chroma RSS {fmt(dataset.get('chroma_rss_mb'), 0)} MB; "
             f"HNSW {dataset.get('hnsw', '')}.",
             "",
             "| path | clients | QPS | p50 ms | p90 ms | p99 ms | max ms | requests | errors |",
@@ -251,8 +345,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for run in sorted(dataset["runs"], key=lambda r: (r["path"], r["concurrency"])):
             out.append(
-                f"| {run['path']} | {run['concurrency']} | {_fmt(run['qps'], 1)} | {_fmt(run['p50_ms'])} | "
-                f"{_fmt(run['p90_ms'])} | {_fmt(run['p99_ms'])} | {_fmt(run['max_ms'])} | "
+                f"| {run['path']} | {run['concurrency']} | {fmt(run['qps'], 1)} | {fmt(run['p50_ms'])} | "
+                f"{fmt(run['p90_ms'])} | {fmt(run['p99_ms'])} | {fmt(run['max_ms'])} | "
                 f"{run['requests']} | {run['errors']} |"
             )
         out += [
@@ -263,104 +357,24 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for path, b in dataset.get("batched", {}).items():
             out.append(
-                f"| {path} | {b['batch']} | {_fmt(b.get('best_request_ms'), 1)} | "
-                f"{_fmt(b['median_request_ms'], 1)} | {_fmt(b['per_label_ms'], 3)} "
-                f"| {_fmt(b['labels_per_s'], 0)} |"
+                f"| {path} | {b['batch']} | {fmt(b.get('best_request_ms'), 1)} | "
+                f"{fmt(b['median_request_ms'], 1)} | {fmt(b['per_label_ms'], 3)} "
+                f"| {fmt(b['labels_per_s'], 0)} |"
             )
         out += [
             "",
             f"recall@10 (HNSW through the proxy vs exact numpy, {dataset.get('recall_queries')} queries): "
-            f"**{_fmt(dataset.get('recall_at_10'), 4)}**",
+            f"**{fmt(dataset.get('recall_at_10'), 4)}**",
         ]
     cold = results.get("cold_start")
     if cold:
-        out += [
-            "",
-            "## Cold start",
-            "",
-            "| snapshot | archive MB | persist MB | restore s | chroma s | proxy s | "
-            "first query s | total s | trials | serve ready s |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
-        ]
-        for run in cold.get("runs", []):
-            ph = run.get("phases", {})
-            out.append(
-                f"| {run['snapshot']} ({run.get('compression')}) | {_fmt(run.get('archive_mb'), 1)} | "
-                f"{_fmt(run.get('persist_mb'), 1)} | {_fmt(ph.get('restore_s'))} | "
-                f"{_fmt(ph.get('chroma_start_s'))} | {_fmt(ph.get('proxy_start_s'))} | "
-                f"{_fmt(ph.get('first_query_s'))} | **{_fmt(run.get('total_s'))}** | "
-                f"{', '.join(_fmt(t) for t in run.get('trials', []))} | {_fmt(run.get('serve_ready_s'))} |"
-            )
-        for name, rows in cold.get("compression", {}).items():
-            out += [
-                "",
-                f"Archive size per compression ({name}):",
-                "",
-                "| compression | persist MB | archive MB | archive / persist | pack s | unpack s |",
-                "|---|---:|---:|---:|---:|---:|",
-            ]
-            for row in rows:
-                out.append(
-                    f"| {row['compression']} | {_fmt(row['persist_mb'], 1)} | {_fmt(row['archive_mb'], 1)} | "
-                    f"{_fmt(row['ratio'], 3)} | {_fmt(row['pack_s'])} | {_fmt(row['unpack_s'])} |"
-                    f"{' ' + row['note'] if row.get('note') else ''}"
-                )
-        for name, estimate in cold.get("fargate", {}).items():
-            out += ["", f"Fargate cold-start estimate ({name}): {estimate['arithmetic']}."]
+        out += ["", "## Cold start", "", *cold_start_lines(cold)]
     annotation = results.get("annotation")
     if annotation:
-        out += [
-            "",
-            "## Annotation throughput",
-            "",
-            f"{annotation.get('rows', 0):,} labels, {annotation.get('unique', 0):,} distinct "
-            f"({annotation.get('duplicate_share', 0):.0%} duplicates), "
-            f"ontology {annotation.get('ontology')}.",
-            "",
-            "| what | wall s | labels/s (wall) | labels/s (reported) | labels per CPU-s | peak RSS MB "
-            "| status |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        alone = annotation.get("embedder_alone")
-        if alone and "error" not in alone:
-            out.append(
-                f"| embedder alone ({alone['embedder']['name']}, {alone['backend']}; "
-                f"{alone['unique_texts']} distinct texts) | {_fmt(alone['unique_s'])} | "
-                f"{_fmt(alone['texts_per_s'], 0)} texts/s | {_fmt(alone['rows_per_s'], 0)} rows/s | "
-                f"{_fmt(alone.get('texts_per_cpu_s'), 0)} texts | "
-                f"{_fmt(alone.get('peak_rss_mb'), 0)} | ok (model load {_fmt(alone['load_s'])} s) |"
-            )
-        for key in ("annotate", "workflow"):
-            entry = annotation.get(key)
-            if entry:
-                out.append(
-                    f"| `{_short(entry.get('command', key))}` | {_fmt(entry.get('wall_s'))} | "
-                    f"{_fmt(entry.get('labels_per_s_wall'), 0)} | "
-                    f"{_fmt(entry.get('labels_per_s_reported'), 0)} | "
-                    f"{_fmt(entry.get('labels_per_cpu_s'), 0)} | "
-                    f"{_fmt(entry.get('peak_rss_mb'), 0)} | {entry.get('error', 'ok')} |"
-                )
-        out += [
-            "",
-            "labels per CPU-s: rows divided by the CPU seconds of the process and its children; on an "
-            "otherwise idle 2-core machine the wall-clock rate can approach twice that.",
-            "",
-            "labels/s (reported): the command's own figure. For `annotate`, its matching loop (without "
-            "restoring the snapshot and loading the model); for `workflow`, the execution from start to "
-            "end state, including the task's start and stop but not the local set-up around it (moto, "
-            "publishing the snapshot to the local bucket, which on AWS happens once per snapshot).",
-        ]
+        out += ["", "## Annotation throughput", "", *annotation_lines(annotation)]
     build = results.get("snapshot_build")
     if build:
-        out += [
-            "",
-            "## Snapshot build",
-            "",
-            f"`{_short(str(build.get('command')))}`: {_fmt(build.get('wall_s'), 1)} s wall, "
-            f"{_fmt(build.get('cpu_s'), 0)} CPU-s, peak RSS {_fmt(build.get('peak_rss_mb'), 0)} MB"
-            f"{'; ' + build['error'] if 'error' in build else ''}"
-            f"{_build_note(build)}.",
-        ]
+        out += ["", "## Snapshot build", "", build_line(build)]
     accuracy = results.get("accuracy")
     if accuracy and accuracy.get("rows"):
         out += [

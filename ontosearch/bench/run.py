@@ -4,7 +4,9 @@ Sections: 1 query path (synthetic seed-scale collection and the real ontology co
 start and archive sizes, 3 annotation throughput and the snapshot build, 4 accuracy, 5 cost. Each
 section's failure is recorded in the results and the exit code, never hidden, and the others still
 run. `--quick` is the CI smoke test: a small synthetic collection, short runs, no model build; it
-checks that everything is produced and well-formed, not how fast it is.
+checks that everything is produced and well-formed, not how fast it is. A full run that skipped
+nothing and failed nowhere also rewrites the measured tables of the docs pages from its results
+(`ontosearch.bench.doc_blocks`); `--write-docs` does only that, from results already written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ontosearch.bench import annotation, cold_start, plots, query_path, report, synthetic
+from ontosearch.bench import annotation, cold_start, doc_blocks, plots, query_path, report, synthetic
 from ontosearch.constants import CHROMA_VERSION
 
 SEED_VECTORS = 65_000
@@ -83,6 +85,23 @@ def _parser() -> argparse.ArgumentParser:
         "the ontosearch cache directory; building 65,000 x 768 takes minutes)",
     )
     parser.add_argument("--stack", default="prod", help="stack priced in the cost section (default prod)")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="run nothing: rewrite the generated tables of the docs pages from the results in --out-dir "
+        "(bench.json and accuracy.json) and exit",
+    )
+    parser.add_argument(
+        "--docs-dir",
+        default=str(doc_blocks.DOCS_DIR),
+        help="the docs pages whose generated tables a full run or --write-docs rewrites "
+        "(default: docs/ of this checkout)",
+    )
+    parser.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="a full run leaves the docs pages alone (by default it rewrites their tables from its results)",
+    )
     return parser
 
 
@@ -439,6 +458,15 @@ class Bench:
                 f"{'  ' + target['detail'] if target['detail'] else ''}"
             )
         print(f"bench: wrote {paths['json']}, {paths['markdown']} and plots in {elapsed:.0f} s")
+        if not self.quick and not self.args.no_docs:
+            if self.skip or self.results["errors"]:
+                # A partial run would replace the docs' tables with fewer rows; say so instead.
+                print(
+                    "bench: docs tables left as they were (sections skipped or failed); "
+                    f"`--write-docs --out-dir {out_dir}` renders them from these results anyway"
+                )
+            else:
+                _write_docs(out_dir, Path(self.args.docs_dir), sources=[f"{stem}.json"])
         if self.results["errors"]:
             print(f"bench: sections failed: {', '.join(self.results['errors'])}", file=sys.stderr)
             return 1
@@ -508,6 +536,20 @@ def _accuracy_rows(persist_dir: str, collections: dict[str, str], embedder_name:
     return rows
 
 
+def _write_docs(results_dir: Path, docs_dir: Path, sources: list[str] | None = None) -> bool:
+    """Rewrite the docs pages' generated tables; a problem is reported, never raised past the results."""
+    try:
+        changed = doc_blocks.write_docs(results_dir, docs_dir, sources=sources)
+    except (doc_blocks.DocBlockError, OSError, ValueError) as exc:
+        print(f"bench: docs not updated: {exc}", file=sys.stderr)
+        return False
+    shown = ", ".join(str(path) for path in changed) or "none changed"
+    print(f"bench: docs tables rewritten from {results_dir}: {shown}")
+    return True
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.write_docs:
+        return 0 if _write_docs(Path(args.out_dir), Path(args.docs_dir)) else 1
     return Bench(args).run()

@@ -207,7 +207,8 @@ class ChromaService(pulumi.ComponentResource):
             subnets=args.public_subnet_ids if args.domain else args.private_subnet_ids,
             drop_invalid_header_fields=True,
             enable_deletion_protection=args.deletion_protection,
-            idle_timeout=60,
+            # Outlasts the proxy's upstream timeout and is outlasted by its keep-alive (see constants).
+            idle_timeout=c.ALB_IDLE_TIMEOUT_SECONDS,
             opts=child)
         target_group = aws.lb.TargetGroup(
             f"{name}-tg",

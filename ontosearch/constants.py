@@ -22,6 +22,18 @@ CHROMA_HOST = "127.0.0.1"
 CHROMA_PORT = 8000
 PROXY_PORT = 8080
 
+# Timeouts along a request, ALB -> proxy -> Chroma. The proxy waits this long for Chroma (nginx
+# proxy_read_timeout / proxy_send_timeout: between two reads or writes of the upstream connection).
+PROXY_UPSTREAM_TIMEOUT_SECONDS = 300
+# The ALB's idle timeout is longer, so a slow query ends with the proxy's own 504 instead of the ALB
+# cutting the connection first (the ALB default is 60 s).
+ALB_IDLE_TIMEOUT_SECONDS = PROXY_UPSTREAM_TIMEOUT_SECONDS + 30
+# nginx keeps an idle client connection open longer than the ALB does: AWS asks for an application
+# idle timeout larger than the load balancer's, else the ALB may send a request on a connection nginx
+# just closed and answer 502 (docs.aws.amazon.com/elasticloadbalancing/latest/application/
+# edit-load-balancer-attributes.html#connection-idle-timeout). The image's nginx.conf says 65 s.
+PROXY_KEEPALIVE_TIMEOUT_SECONDS = ALB_IDLE_TIMEOUT_SECONDS + 30
+
 # Where Chroma keeps its persist directory in the task (the official image's
 # data path; a volume mounted elsewhere silently loses data).
 DATA_DIR = "/data"

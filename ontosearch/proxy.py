@@ -27,7 +27,9 @@ from ontosearch.constants import (
     CHROMA_PORT,
     ENV_ADMIN_TOKEN,
     ENV_TOKEN,
+    PROXY_KEEPALIVE_TIMEOUT_SECONDS,
     PROXY_PORT,
+    PROXY_UPSTREAM_TIMEOUT_SECONDS,
     TOKEN_MIN_LENGTH,
 )
 
@@ -103,6 +105,8 @@ def _fill_addresses(listen: str, upstream: str, access_log: str) -> str:
         .replace("@@LISTEN@@", listen)
         .replace("@@UPSTREAM@@", upstream)
         .replace("@@ACCESS_LOG@@", access_log)
+        .replace("@@UPSTREAM_TIMEOUT@@", str(PROXY_UPSTREAM_TIMEOUT_SECONDS))
+        .replace("@@KEEPALIVE_TIMEOUT@@", str(PROXY_KEEPALIVE_TIMEOUT_SECONDS))
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from pulumi_harness import STACKS, stack_file_config, synth_stack, synth_with
@@ -188,6 +189,29 @@ def test_service_runs_the_task_behind_the_target_group_with_safe_deployments(sta
     assert inputs["deploymentMaximumPercent"] == 200
     assert inputs["deploymentCircuitBreaker"] == {"enable": True, "rollback": True}
     assert inputs["healthCheckGracePeriodSeconds"] >= 120
+
+
+def _nginx_seconds(config: str, directive: str) -> list[int]:
+    """Every value of `directive` in an nginx config, in seconds (nginx time units s/m/h; bare = s)."""
+    units = {"": 1, "s": 1, "m": 60, "h": 3600}
+    return [int(n) * units[u] for n, u in re.findall(rf"^\s*{directive}\s+(\d+)([smh]?);", config, re.M)]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_alb_idle_timeout_outlasts_the_proxys_upstream_wait_and_nginx_keepalive_outlasts_the_alb(stack):
+    """A query Chroma answers within the proxy's timeout reaches the client (not the ALB's 504), and the
+    ALB, not nginx, closes idle connections (AWS: the application's idle timeout must exceed the ALB's)."""
+    from ontosearch.proxy import task_proxy_config
+
+    idle = synth_stack(stack).one("aws:lb/loadBalancer:LoadBalancer").raw_inputs["idleTimeout"]
+    config = task_proxy_config()  # the snippet the task's proxy renders
+    upstream = _nginx_seconds(config, "proxy_read_timeout") + _nginx_seconds(config, "proxy_send_timeout")
+    (keepalive,) = _nginx_seconds(config, "keepalive_timeout")  # server level: overrides the image's 65 s
+    assert upstream and idle > max(upstream)
+    assert keepalive > idle
+    # ELB attribute idle_timeout.timeout_seconds: 1-4000
+    # (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_LoadBalancerAttribute.html)
+    assert 1 <= idle <= 4000
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -53,6 +53,7 @@ task_args = dict(
 service = ChromaService("chroma", ChromaServiceArgs(
     **task_args,
     public_subnet_ids=network.public_subnet_ids,
+    allowed_cidrs=config.allowed_cidrs,
     min_replicas=config.min_replicas,
     max_replicas=config.max_replicas,
     snapshot_version=config.snapshot_version,

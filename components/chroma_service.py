@@ -32,6 +32,8 @@ TARGET_5XX_THRESHOLD = 5
 @dataclass(kw_only=True)
 class ChromaServiceArgs(ChromaTaskArgs):
     public_subnet_ids: pulumi.Input[Sequence[str]]
+    # Who may reach the ALB (validated CIDR blocks); empty: the VPC's CIDR, or the internet with a domain.
+    allowed_cidrs: Sequence[str] = ()
     min_replicas: int = 1
     max_replicas: int = 1
     snapshot_version: str = "latest"
@@ -170,15 +172,19 @@ class ChromaService(pulumi.ComponentResource):
             opts=child)
 
         # --- security groups ------------------------------------------------------------------
+        allowed = list(args.allowed_cidrs)
         if args.domain:
+            sources = "the allowed networks" if allowed else "the internet"
             alb_ingress = [
-                {"protocol": "tcp", "from_port": port, "to_port": port, "cidr_blocks": ["0.0.0.0/0"],
-                 "description": desc}
-                for port, desc in ((443, "HTTPS from the internet"), (80, "HTTP, redirected to HTTPS"))
+                {"protocol": "tcp", "from_port": port, "to_port": port,
+                 "cidr_blocks": allowed or ["0.0.0.0/0"], "description": desc}
+                for port, desc in ((443, f"HTTPS from {sources}"), (80, "HTTP, redirected to HTTPS"))
             ]
         else:
-            alb_ingress = [{"protocol": "tcp", "from_port": 80, "to_port": 80, "cidr_blocks": [args.vpc_cidr],
-                            "description": "HTTP from inside the VPC (internal ALB)"}]
+            sources = "the allowed networks" if allowed else "inside the VPC"
+            alb_ingress = [{"protocol": "tcp", "from_port": 80, "to_port": 80,
+                            "cidr_blocks": allowed or [args.vpc_cidr],
+                            "description": f"HTTP from {sources} (internal ALB)"}]
         alb_sg = aws.ec2.SecurityGroup(
             f"{name}-alb-sg",
             vpc_id=args.vpc_id,

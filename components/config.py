@@ -38,6 +38,10 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+# A security group holds at most 60 inbound rules, one per CIDR block and port; the internet-facing ALB
+# opens two ports (https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html).
+MAX_ALLOWED_CIDRS = 30
+
 
 class ConfigError(ValueError):
     """A stack config value is missing or wrong; the message names the key and the fix."""
@@ -58,6 +62,9 @@ class StackConfig:
     vpc_cidr: str = "10.40.0.0/16"
     az_count: int = 2
     egress: str = "endpoints"
+    # Networks that may reach the ALB (peered VPCs, a VPN); empty: the VPC's own CIDR for the internal
+    # ALB, the internet for the public one.
+    allowed_cidrs: tuple[str, ...] = ()
     # Public HTTPS entry point; without a domain the ALB is internal and speaks HTTP.
     domain: str | None = None
     hosted_zone: str | None = None
@@ -97,6 +104,7 @@ class StackConfig:
         vpc_cidr = reader.text("vpcCidr") or cls.vpc_cidr
         az_count = reader.integer("azCount", cls.az_count)
         egress = (reader.text("egress") or cls.egress).lower()
+        allowed_cidrs = _allowed_cidrs(reader.text_list("allowedCidrs"))
         domain = reader.text("domain")
         hosted_zone = reader.text("hostedZone")
         cpu = reader.integer("cpu", cls.cpu)
@@ -194,7 +202,8 @@ class StackConfig:
         extra = {k: v for k, v in values.items() if k not in known}
         return cls(
             vpc_id=vpc_id, private_subnet_ids=private_subnets, public_subnet_ids=public_subnets,
-            vpc_cidr=vpc_cidr, az_count=az_count, egress=egress, domain=domain, hosted_zone=hosted_zone,
+            vpc_cidr=vpc_cidr, az_count=az_count, egress=egress, allowed_cidrs=allowed_cidrs,
+            domain=domain, hosted_zone=hosted_zone,
             cpu=cpu, memory=memory, min_replicas=min_replicas, max_replicas=max_replicas,
             ephemeral_storage_gib=ephemeral, snapshot_version=snapshot_version, log_retention_days=retention,
             alarm_email=alarm_email, deletion_protection=deletion_protection, batch_workflow=batch_workflow,
@@ -216,13 +225,50 @@ class StackConfig:
 
 
 _KNOWN_KEYS = (
-    "vpcId", "privateSubnetIds", "publicSubnetIds", "vpcCidr", "azCount", "egress", "domain", "hostedZone",
+    "vpcId", "privateSubnetIds", "publicSubnetIds", "vpcCidr", "azCount", "egress", "allowedCidrs", "domain",
+    "hostedZone",
     "cpu", "memory", "minReplicas", "maxReplicas", "ephemeralStorageGiB", "snapshotVersion",
     "logRetentionDays", "alarmEmail", "deletionProtection", "batchWorkflow",
 )
 
 # Keys owned by optional components (read into StackConfig.extra; those components validate them).
 EXTRA_KEYS: tuple[str, ...] = ("mapConcurrency", "workflowTimeoutSeconds", "readyTimeoutSeconds")
+
+
+def _allowed_cidrs(blocks: tuple[str, ...]) -> tuple[str, ...]:
+    """The ALB's allowed source networks: IPv4 network addresses, no duplicates, no 0.0.0.0/0."""
+    key = _key("allowedCidrs")
+    seen: set[ipaddress.IPv4Network] = set()
+    for block in blocks:
+        try:
+            net = ipaddress.ip_network(block)
+        except ValueError as exc:
+            host = _host_bits_hint(block)
+            raise ConfigError(f"config key {key}: {block!r} is not a CIDR block ({exc}); "
+                              f"{host or 'write a network like 10.50.0.0/16'}") from None
+        if net.version != 4:
+            raise ConfigError(f"config key {key}: {block} is IPv6; the ALB's rules take IPv4 blocks, "
+                              f"e.g. 10.50.0.0/16")
+        if net.prefixlen == 0:
+            raise ConfigError(f"config key {key}: {block} admits every address; list the networks of the "
+                              f"clients (peered VPCs, VPN), or remove the key for the default (the VPC; "
+                              f"the internet with {_key('domain')})")
+        if net in seen:
+            raise ConfigError(f"config key {key} lists {block} twice; EC2 refuses duplicate rules")
+        seen.add(net)
+    if len(blocks) > MAX_ALLOWED_CIDRS:
+        raise ConfigError(f"config key {key} lists {len(blocks)} blocks; at most {MAX_ALLOWED_CIDRS} fit in "
+                          f"the ALB's security group (60 inbound rules, two ports); merge adjacent networks")
+    return tuple(str(ipaddress.ip_network(b)) for b in blocks)
+
+
+def _host_bits_hint(block: str) -> str | None:
+    """For `10.0.0.1/16` (host bits set): the network the user probably meant."""
+    try:
+        net = ipaddress.ip_network(block, strict=False)
+    except ValueError:
+        return None
+    return f"did you mean {net}?"
 
 
 class _Reader:

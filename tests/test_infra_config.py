@@ -81,6 +81,13 @@ BAD = [
     ({"alarmEmail": "ops"}, "ontosearch:alarmEmail"),
     ({"deletionProtection": "maybe"}, "ontosearch:deletionProtection must be true or false"),
     ({"snapshotVersion": "../etc"}, "ontosearch:snapshotVersion"),
+    ({"allowedCidrs": ["banana"]}, "config key ontosearch:allowedCidrs: 'banana' is not a CIDR block"),
+    ({"allowedCidrs": ["10.50.0.1/16"]}, "did you mean 10.50.0.0/16?"),
+    ({"allowedCidrs": ["fd00::/8"]}, "ontosearch:allowedCidrs: fd00::/8 is IPv6"),
+    ({"allowedCidrs": ["0.0.0.0/0"]}, "ontosearch:allowedCidrs: 0.0.0.0/0 admits every address"),
+    ({"allowedCidrs": ["10.50.0.0/16", "10.50.0.0/16"]}, "lists 10.50.0.0/16 twice"),
+    ({"allowedCidrs": [f"10.{i}.0.0/16" for i in range(31)]}, "ontosearch:allowedCidrs lists 31 blocks"),
+    ({"allowedCidrs": {"a": "10.0.0.0/8"}}, "ontosearch:allowedCidrs must be a list of strings"),
 ]
 
 
@@ -91,12 +98,22 @@ def test_bad_config_raises_a_message_naming_the_key(values, message):
     assert message in str(info.value)
 
 
+def test_allowed_cidrs_default_to_none_and_accept_lists_json_and_comma_separated_text():
+    assert StackConfig.from_mapping({}).allowed_cidrs == ()
+    blocks = ("10.50.0.0/16", "192.168.8.0/22")
+    assert StackConfig.from_mapping({"allowedCidrs": list(blocks)}).allowed_cidrs == blocks
+    assert StackConfig.from_mapping({"allowedCidrs": json.dumps(list(blocks))}).allowed_cidrs == blocks
+    assert StackConfig.from_mapping({"allowedCidrs": " 10.50.0.0/16, 192.168.8.0/22"}).allowed_cidrs == blocks
+
+
 def test_bad_stack_config_fails_the_program_with_the_key_named():
     """Through the real path: Pulumi.<stack>.yaml -> engine config -> StackConfig.load()."""
     with pytest.raises(ConfigError, match="ontosearch:hostedZone is required when ontosearch:domain is set"):
         synth_with("prod", remove=("ontosearch:hostedZone",))
     with pytest.raises(ConfigError, match="ontosearch:memory=512 is not valid with ontosearch:cpu=4096"):
         synth_with("prod", {"ontosearch:memory": 512})
+    with pytest.raises(ConfigError, match="ontosearch:allowedCidrs: '10.0.0.1/8' is not a CIDR block"):
+        synth_with("dev", {"ontosearch:allowedCidrs": ["10.0.0.1/8"]})
 
 
 def test_synth_command_prints_the_tree_and_writes_redacted_json(tmp_path):

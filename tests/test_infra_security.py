@@ -15,6 +15,7 @@ from pulumi_harness import (
     policy_documents,
     security_group_rules,
     synth_stack,
+    synth_with,
     walk_strings,
 )
 
@@ -212,6 +213,29 @@ def test_internal_alb_ingress_is_the_vpc_cidr_only():
     assert [r["cidrBlocks"] for r in alb_sg["ingress"]] == [[vpc_cidr]]
     assert [r["fromPort"] for r in alb_sg["ingress"]] == [80]
     assert ipaddress.ip_network(vpc_cidr).is_private
+
+
+PEERS = ["10.50.0.0/16", "192.168.8.0/22"]
+
+
+def test_internal_alb_admits_exactly_the_configured_networks_and_no_longer_the_whole_vpc():
+    """Peered VPCs and VPN clients reach the internal ALB when their CIDRs are configured."""
+    result = synth_with("dev", {"ontosearch:allowedCidrs": PEERS})
+    alb_sg = result.one("aws:ec2/securityGroup:SecurityGroup", "chroma-alb-sg").raw_inputs
+    assert [(r["fromPort"], r["toPort"], r["cidrBlocks"]) for r in alb_sg["ingress"]] == [(80, 80, PEERS)]
+    assert result.one("aws:lb/loadBalancer:LoadBalancer").raw_inputs["internal"] is True
+    # the tasks still accept only the ALB
+    task_sg = result.one("aws:ec2/securityGroup:SecurityGroup", "chroma-task-sg").raw_inputs
+    assert task_sg["ingress"][0]["securityGroups"] == [result.one(
+        "aws:ec2/securityGroup:SecurityGroup", "chroma-alb-sg").id]
+
+
+def test_internet_facing_alb_can_be_limited_to_the_configured_networks():
+    default = synth_stack("prod").one("aws:ec2/securityGroup:SecurityGroup", "chroma-alb-sg").raw_inputs
+    assert {tuple(r["cidrBlocks"]) for r in default["ingress"]} == {("0.0.0.0/0",)}
+    limited = synth_with("prod", {"ontosearch:allowedCidrs": PEERS}).one(
+        "aws:ec2/securityGroup:SecurityGroup", "chroma-alb-sg").raw_inputs
+    assert sorted((r["fromPort"], r["cidrBlocks"]) for r in limited["ingress"]) == [(80, PEERS), (443, PEERS)]
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -116,8 +116,11 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
         "query": [{"Sid": "ReadWriteWork", "Effect": "Allow", "Action": [*read, *write], "Resource": work},
                   {"Sid": "ReadToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                    "Resource": token_secret_arn}],
+        # upload_file of the merged output goes multipart above 8 MiB; a failed one is aborted
+        # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html#mpuAndPermissions)
         "merge": [{"Sid": "ReadParts", "Effect": "Allow", "Action": read, "Resource": work},
-                  {"Sid": "WriteResults", "Effect": "Allow", "Action": write, "Resource": results}],
+                  {"Sid": "WriteResults", "Effect": "Allow", "Action": [*write, "s3:AbortMultipartUpload"],
+                   "Resource": results}],
         "save": [{"Sid": "WriteSaveRequest", "Effect": "Allow", "Action": write, "Resource": work}],
     }[step]
     if step == "query" and key_arn:
@@ -126,15 +129,24 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
 
 
 def batch_task_role_policy(bucket_arn: str) -> str:
-    """The batch task: read snapshots (restore), read save requests and publish new versions."""
+    """The batch task: read snapshots (restore), poll its save request and publish new versions.
+
+    The agent polls for its save request by listing that exact key (s3:ListBucket, s3:prefix = the
+    key) before reading it: a GetObject of a key that is not there yet answers 403 unless the caller
+    may list the bucket, and whether a listing grant conditioned on s3:prefix counts for that is not
+    documented (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html, "Permissions").
+    """
     snapshots = f"{bucket_arn}/{c.SNAPSHOT_PREFIX}/*"
+    save_requests = f"{c.WORKFLOW_WORK_PREFIX}*/{c.SAVE_REQUEST_NAME}"
     return _policy(
         {"Sid": "ListSnapshots", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
-         "Condition": {"StringLike": {"s3:prefix": [f"{c.SNAPSHOT_PREFIX}/", f"{c.SNAPSHOT_PREFIX}/*"]}}},
-        {"Sid": "ReadWriteSnapshots", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
-         "Resource": snapshots},
-        {"Sid": "ReadSaveRequests", "Effect": "Allow", "Action": ["s3:GetObject", "s3:DeleteObject"],
-         "Resource": f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"},
+         "Condition": {"StringLike": {"s3:prefix": [f"{c.SNAPSHOT_PREFIX}/", f"{c.SNAPSHOT_PREFIX}/*",
+                                                    save_requests]}}},
+        # publish_snapshot uploads the archive with upload_file (multipart; a failed one is aborted)
+        {"Sid": "ReadWriteSnapshots", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"], "Resource": snapshots},
+        {"Sid": "ReadSaveRequests", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": f"{bucket_arn}/{save_requests}"},
     )
 
 
@@ -157,11 +169,17 @@ def state_machine_policy(cluster_arn: str, task_definition_arn: str, role_arns: 
          "Resource": _task_definition_family_arn(task_definition_arn), "Condition": on_cluster},
         {"Sid": "PassItsRoles", "Effect": "Allow", "Action": "iam:PassRole", "Resource": list(role_arns),
          "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}},
-        {"Sid": "StopAndDescribeItsTasks", "Effect": "Allow", "Action": ["ecs:StopTask", "ecs:DescribeTasks"],
+        # RunTask of a tagged definition with PropagateTags (or Tags) tags the new task: ECS authorizes
+        # ecs:TagResource on it with ecs:CreateAction = RunTask (tag-on-create; the provider's default
+        # tags make every definition tagged). It may tag only tasks it creates, only in this cluster.
+        # https://docs.aws.amazon.com/AmazonECS/latest/developerguide/supported-iam-actions-tagging.html
+        {"Sid": "TagTheTasksItRuns", "Effect": "Allow", "Action": "ecs:TagResource",
+         "Resource": tasks_in_cluster, "Condition": {"StringEquals": {"ecs:CreateAction": "RunTask"}}},
+        {"Sid": "StopItsTasks", "Effect": "Allow", "Action": "ecs:StopTask",
          "Resource": tasks_in_cluster, "Condition": on_cluster},
-        # ListTasks has no task-level resource; the condition limits it to this cluster.
-        {"Sid": "ListTasksInItsCluster", "Effect": "Allow", "Action": "ecs:ListTasks",
-         "Resource": f"arn:aws:ecs:{region_account}:container-instance/{_cluster_name(cluster_arn)}/*",
+        # A ListTasks naming no container instance (always so on Fargate) is authorized on "*", not on
+        # container-instance ARNs; the ecs:cluster condition limits it to this cluster.
+        {"Sid": "ListTasksInItsCluster", "Effect": "Allow", "Action": "ecs:ListTasks", "Resource": "*",
          "Condition": on_cluster},
         {"Sid": "InvokeItsLambdas", "Effect": "Allow", "Action": "lambda:InvokeFunction",
          "Resource": [*function_arns, *(f"{arn}:*" for arn in function_arns)]},

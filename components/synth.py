@@ -250,6 +250,12 @@ def _make_mocks(region: str):
                 rid = f"{h[:8]}-{h[8:12]}-4{h[12:15]}-a{h[15:17]}{h[:1]}-{h[1:13]}"
                 arn = f"arn:aws:kms:{region}:{MOCK_ACCOUNT}:key/{rid}"
                 state["keyId"] = rid
+            elif typ == "aws:lambda/function:Function":
+                # the real ARN formats: the IAM authorization matrix checks them against the reference
+                arn = f"arn:aws:lambda:{region}:{MOCK_ACCOUNT}:function:{phys_name}"
+            elif typ == "aws:sfn/stateMachine:StateMachine":
+                arn = f"arn:aws:states:{region}:{MOCK_ACCOUNT}:stateMachine:{phys_name}"
+                rid = arn
             elif typ == "aws:sns/topic:Topic":
                 arn = f"arn:aws:sns:{region}:{MOCK_ACCOUNT}:{phys_name}"
                 rid = arn

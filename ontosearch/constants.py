@@ -99,6 +99,8 @@ ENV_TASK_URL = "TASK_URL"
 WORKFLOW_INPUT_PREFIX = "inputs/"
 WORKFLOW_WORK_PREFIX = "work/"
 WORKFLOW_RESULTS_PREFIX = "results/"
+# work/<execution>/<this>: the save request the task agent polls for (its role may list only these)
+SAVE_REQUEST_NAME = "save-request.json"
 # Environment of the workflow's Lambdas (set by the BatchWorkflow component, read by lambdas/).
 ENV_WORKFLOW_BUCKET = "WORKFLOW_BUCKET"
 ENV_WORKFLOW_CHUNK_SIZE = "WORKFLOW_CHUNK_SIZE"

@@ -103,7 +103,7 @@ def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stac
     for st in statements(policy(result, "batch-sfn-policy")):
         for action in as_list(st["Action"]):
             by_action.setdefault(action, []).append(st)
-    assert set(by_action) == {"ecs:RunTask", "iam:PassRole", "ecs:StopTask", "ecs:DescribeTasks",
+    assert set(by_action) == {"ecs:RunTask", "iam:PassRole", "ecs:TagResource", "ecs:StopTask",
                               "ecs:ListTasks", "lambda:InvokeFunction"}
     (run,) = by_action["ecs:RunTask"]
     assert run["Resource"] == task_def.rsplit(":", 1)[0] + ":*"
@@ -111,10 +111,15 @@ def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stac
     (passrole,) = by_action["iam:PassRole"]
     assert set(as_list(passrole["Resource"])) == roles
     assert passrole["Condition"]["StringEquals"]["iam:PassedToService"] == "ecs-tasks.amazonaws.com"
-    for action in ("ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"):
-        (st,) = by_action[action]
-        assert all(f"/{cluster_name}/" in r for r in as_list(st["Resource"])), action
-        assert st["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    (stop,) = by_action["ecs:StopTask"]
+    assert all(f"/{cluster_name}/" in r for r in as_list(stop["Resource"]))
+    assert stop["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    # a cluster-wide ListTasks is authorized on "*"; only the condition scopes it
+    (listing,) = by_action["ecs:ListTasks"]
+    assert listing["Resource"] == "*" and listing["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
+    (tag,) = by_action["ecs:TagResource"]
+    assert all(f":task/{cluster_name}/" in r for r in as_list(tag["Resource"]))
+    assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
     (invoke,) = by_action["lambda:InvokeFunction"]
     assert {r.removesuffix(":*") for r in as_list(invoke["Resource"])} == functions
 
@@ -131,7 +136,8 @@ def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the
         "query": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
                   ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
         "merge": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
-                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*")},
+                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*"),
+                  ("s3:AbortMultipartUpload", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*")},
         "save": {("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
     }
     query_env = result.one(FUNCTION, "batch-query").raw_inputs["environment"]["variables"]

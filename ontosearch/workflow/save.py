@@ -46,13 +46,26 @@ def save_data_dir(data_dir: str | Path, bucket: str, s3: Any = None, log: Any = 
 
 
 def read_save_request(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    """The pending save request, or None while there is none."""
+    """The pending save request, or None while there is none.
+
+    Asked by listing the exact key first (ListObjectsV2, s3:ListBucket with s3:prefix = the key),
+    not by a GetObject that fails: S3 answers a GetObject of a missing key with 403 instead of 404
+    unless the caller may list the bucket, and whether a listing grant conditioned on s3:prefix (the
+    task role's) counts for that is not documented
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html, "Permissions"). The
+    listing is authorized with the request's own prefix, so the answer is right either way, and a
+    real refusal still raises instead of passing for "not yet".
+    """
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    # The key itself sorts before every longer key starting with it, so one entry tells.
+    if not any(obj.get("Key") == key for obj in listing.get("Contents", [])):
+        return None
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
         code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", ""))
         if code in {"NoSuchKey", "404", "NotFound"}:
-            return None
+            return None  # deleted between the listing and the read
         raise
     request = json.loads(body)
     if not isinstance(request, dict) or not request.get("token"):

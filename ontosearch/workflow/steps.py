@@ -28,6 +28,7 @@ from typing import Any
 
 from ontosearch.constants import (
     ONTOLOGY_ALIASES,
+    SAVE_REQUEST_NAME,
     SNAPSHOT_PREFIX,
     WORKFLOW_INPUT_PREFIX,
     WORKFLOW_RESULTS_PREFIX,
@@ -76,7 +77,7 @@ def part_key(execution: str, index: int) -> str:
 
 
 def save_request_key(execution: str) -> str:
-    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/save-request.json"
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{SAVE_REQUEST_NAME}"
 
 
 def output_key(execution: str) -> str:

@@ -297,9 +297,9 @@ class BatchWorkflow(pulumi.ComponentResource):
                 f"{name}-{step}-role", description=f"ontosearch batch Lambda: {step}",
                 assume_role_policy=account_id.apply(lambda a: assume_role_policy("lambda.amazonaws.com", a)),
                 opts=child)
-            aws.iam.RolePolicyAttachment(f"{name}-{step}-vpc", role=role.name, policy_arn=LAMBDA_VPC_POLICY,
-                                         opts=child)
-            aws.iam.RolePolicy(
+            vpc_access = aws.iam.RolePolicyAttachment(
+                f"{name}-{step}-vpc", role=role.name, policy_arn=LAMBDA_VPC_POLICY, opts=child)
+            step_policy = aws.iam.RolePolicy(
                 f"{name}-{step}-policy", role=role.id,
                 policy=pulumi.Output.all(args.bucket_arn, args.token_secret_arn, args.kms_key_arn,
                                          region).apply(lambda v, s=step: lambda_policy(s, *v)),
@@ -318,7 +318,9 @@ class BatchWorkflow(pulumi.ComponentResource):
                 vpc_config={"subnet_ids": args.private_subnet_ids, "security_group_ids": [lambda_sg.id]},
                 environment={"variables": env},
                 logging_config={"log_format": "Text", "log_group": log_group.name},
-                opts=child)
+                # CreateFunction checks that the role may create the VPC network interfaces, and the
+                # function can be invoked once it exists: both need the role's policies in place first.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[vpc_access, step_policy]))
 
         # --- state machine --------------------------------------------------------------------------
         settings_inputs = pulumi.Output.all(
@@ -334,7 +336,7 @@ class BatchWorkflow(pulumi.ComponentResource):
             f"{name}-sfn-role", description="ontosearch batch state machine",
             assume_role_policy=account_id.apply(lambda a: assume_role_policy("states.amazonaws.com", a)),
             opts=child)
-        aws.iam.RolePolicy(
+        sfn_policy = aws.iam.RolePolicy(
             f"{name}-sfn-policy", role=sfn_role.id,
             policy=pulumi.Output.all(args.cluster_arn, task_definition.arn, task_role.arn, execution_role.arn,
                                      *(functions[s].arn for s in STEPS)).apply(
@@ -342,7 +344,8 @@ class BatchWorkflow(pulumi.ComponentResource):
             opts=child)
         machine = aws.sfn.StateMachine(
             f"{name}-machine", role_arn=sfn_role.arn, definition=self.definition, type="STANDARD",
-            opts=child)
+            # an execution started right after `up` must find the role's permissions in place
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[sfn_policy]))
 
         self.state_machine_arn = machine.arn
         self.task_definition_arn = task_definition.arn

@@ -130,7 +130,7 @@ class ChromaService(pulumi.ComponentResource):
             description="ECS starts the Chroma task: image pull, logs, token secrets",
             assume_role_policy=account_id.apply(lambda a: assume_role_policy("ecs-tasks.amazonaws.com", a)),
             opts=child)
-        aws.iam.RolePolicy(
+        execution_policy = aws.iam.RolePolicy(
             f"{name}-execution-policy",
             role=execution_role.id,
             policy=pulumi.Output.all(args.repository_arns, log_group.arn, args.token_secret_arn,
@@ -142,7 +142,7 @@ class ChromaService(pulumi.ComponentResource):
             description="The Chroma task at run time: read snapshots",
             assume_role_policy=account_id.apply(lambda a: assume_role_policy("ecs-tasks.amazonaws.com", a)),
             opts=child)
-        aws.iam.RolePolicy(
+        task_policy = aws.iam.RolePolicy(
             f"{name}-task-policy",
             role=task_role.id,
             policy=pulumi.Output.from_input(args.bucket_arn).apply(task_role_policy),
@@ -323,7 +323,9 @@ class ChromaService(pulumi.ComponentResource):
             wait_for_steady_state=False,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[*listeners, *args.depends_on],
+                # The service starts tasks at once: their roles must already hold their policies (image
+                # pull, logs, secrets, the snapshot read), or the first tasks fail with the images prebuilt.
+                depends_on=[*listeners, execution_policy, task_policy, *args.depends_on],
                 # Auto scaling owns the running count after creation.
                 ignore_changes=["desiredCount"],
             ))

@@ -29,7 +29,7 @@ from components.synth import (  # noqa: E402
 __all__ = [
     "SECRET_MARK", "Resource", "SynthResult", "STACKS", "synth_stack", "synth_with", "stack_file_config",
     "container_definitions", "policy_documents", "security_group_rules", "mock_password", "walk_strings",
-    "botocore_errors",
+    "botocore_errors", "policies_of_role",
 ]
 
 STACKS = ("dev", "prod")
@@ -88,6 +88,14 @@ def security_group_rules(result: SynthResult) -> Iterator[tuple[Resource, str, d
             if "cidrIpv6" in inputs:
                 inputs["ipv6CidrBlocks"] = [inputs["cidrIpv6"]]
             yield rule, direction, inputs
+
+
+def policies_of_role(result: SynthResult, role_arn: str) -> set[str]:
+    """URNs of the inline policies and attachments that give the role (named by its ARN) its permissions."""
+    (role,) = [r for r in result.of_type("aws:iam/role:Role") if r.state["arn"] == role_arn]
+    types = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    return {p.urn for typ in types for p in result.of_type(typ)
+            if p.raw_inputs["role"] in (role.id, role.state["name"])}
 
 
 def walk_strings(value: Any) -> Iterator[str]:

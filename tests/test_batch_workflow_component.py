@@ -8,6 +8,7 @@ import pytest
 from pulumi_harness import (
     botocore_errors,
     container_definitions,
+    policies_of_role,
     policy_documents,
     security_group_rules,
     synth_stack,
@@ -207,6 +208,21 @@ def test_lambdas_run_the_handlers_of_this_repository(stack) -> None:
         assert fn["imageConfig"]["commands"] == [f"lambdas.{step}.handler"]
         assert fn["architectures"] == ["arm64"]
         assert fn["environment"]["variables"][c.ENV_WORKFLOW_BUCKET]
+
+
+def test_lambdas_and_the_state_machine_are_created_only_once_their_roles_hold_their_policies(stack) -> None:
+    """CreateFunction checks the VPC permissions of the role, and a prebuilt image lets a function (or an
+    execution right after `up`) run before an inline policy exists: each waits for its role's policies."""
+    _, result = stack
+    waiting = [*(result.one(FUNCTION, f"batch-{s}") for s in STEPS), result.one(SFN)]
+    for resource in waiting:
+        policies = policies_of_role(result, resource.raw_inputs["role"] if resource.type == FUNCTION
+                                    else resource.raw_inputs["roleArn"])
+        kinds = {urn.split("::")[-2].rsplit("$", 1)[-1] for urn in policies}
+        assert "aws:iam/rolePolicy:RolePolicy" in kinds, resource.name
+        if resource.type == FUNCTION:
+            assert "aws:iam/rolePolicyAttachment:RolePolicyAttachment" in kinds  # VPC network interfaces
+        assert policies <= set(resource.dependencies), f"{resource.name} does not wait for {policies}"
 
 
 def test_bad_workflow_config_names_the_key() -> None:

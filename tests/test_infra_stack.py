@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from pulumi_harness import STACKS, stack_file_config, synth_stack, synth_with
+from pulumi_harness import STACKS, policies_of_role, stack_file_config, synth_stack, synth_with
 
 from components.config import StackConfig
 from ontosearch import constants as c
@@ -212,6 +212,19 @@ def test_alb_idle_timeout_outlasts_the_proxys_upstream_wait_and_nginx_keepalive_
     # ELB attribute idle_timeout.timeout_seconds: 1-4000
     # (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_LoadBalancerAttribute.html)
     assert 1 <= idle <= 4000
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_service_is_created_only_once_its_task_roles_hold_their_policies(stack):
+    """The service starts tasks at once; a role without its policy yet cannot pull, log or restore."""
+    result = synth_stack(stack)
+    service = result.one("aws:ecs/service:Service")
+    (task,) = [t for t in result.of_type("aws:ecs/taskDefinition:TaskDefinition")
+               if t.state["arn"] == service.raw_inputs["taskDefinition"]]
+    for role_arn in (task.raw_inputs["executionRoleArn"], task.raw_inputs["taskRoleArn"]):
+        policies = policies_of_role(result, role_arn)
+        assert policies, role_arn
+        assert policies <= set(service.dependencies), f"the service does not wait for {policies}"
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -251,6 +251,13 @@ def s3_list_key(stack: StackView, key: str) -> Authorization:
     return Authorization("s3:ListBucket", stack.bucket_arn, {**TLS, "s3:prefix": key})
 
 
+def snapshot_read(stack: StackView, key: str) -> list[Authorization]:
+    """snapshot_store.get_object_or_none and check_missing: a GetObject, and on a 403 a listing of that
+    key to tell a missing key from a refusal (snapshot_store.key_exists)."""
+    listing = replace(s3_list_key(stack, key), implied="a 403 on the read is told apart by listing the key")
+    return [*s3_read(stack, key), listing]
+
+
 def secret_read(stack: StackView, secret_arn: str) -> list[Authorization]:
     """GetSecretValue, and kms:Decrypt of the secret's customer managed key via Secrets Manager
     (https://docs.aws.amazon.com/secretsmanager/latest/userguide/security-encryption.html)."""
@@ -517,14 +524,13 @@ def lambda_calls(stack: StackView) -> list[Call]:
     by_step: dict[str, list[tuple[str, list[Authorization]]]] = {
         "validate": [
             ("steps.validate: head_object of the input", s3_read(stack, input_key)),
-            ("snapshot_store.read_pointer: get_object snapshots/LATEST", s3_read(stack, store.pointer_key)),
             (
-                "snapshot_store.key_exists: list_objects_v2 Prefix=snapshots/LATEST (a 403 told apart)",
-                [s3_list_key(stack, store.pointer_key)],
+                "snapshot_store.read_pointer: get_object snapshots/LATEST",
+                snapshot_read(stack, store.pointer_key),
             ),
             (
                 "steps._resolve_snapshot: get_object of the version's manifest",
-                s3_read(stack, store.manifest_key(VERSION)),
+                snapshot_read(stack, store.manifest_key(VERSION)),
             ),
         ],
         "split": [
@@ -592,24 +598,23 @@ def restore_calls(stack: StackView, role: str, version_from_pointer: bool) -> li
     store = SnapshotStore(stack.bucket)
     calls = []
     if version_from_pointer:
-        calls += [
+        calls.append(
             Call(
                 role,
                 "restore: snapshot_store.read_pointer (get_object snapshots/LATEST)",
-                tuple(s3_read(stack, store.pointer_key)),
-            ),
-            Call(
-                role,
-                "restore: snapshot_store.key_exists (list_objects_v2 Prefix=snapshots/LATEST)",
-                (s3_list_key(stack, store.pointer_key),),
-            ),
-        ]
+                tuple(snapshot_read(stack, store.pointer_key)),
+            )
+        )
     calls += [
-        Call(role, "restore: get_object of the manifest", tuple(s3_read(stack, store.manifest_key(VERSION)))),
+        Call(
+            role,
+            "restore: get_object of the manifest",
+            tuple(snapshot_read(stack, store.manifest_key(VERSION))),
+        ),
         Call(
             role,
             "restore: download_file of the archive (HeadObject + ranged GetObject)",
-            tuple(s3_read(stack, store.archive_key(VERSION, ARCHIVE))),
+            tuple(snapshot_read(stack, store.archive_key(VERSION, ARCHIVE))),
         ),
     ]
     return calls
@@ -647,7 +652,7 @@ def agent_calls(stack: StackView, role: str) -> list[Call]:
         Call(
             role,
             "save.save_data_dir -> publish_snapshot: read_pointer",
-            tuple(s3_read(stack, store.pointer_key)),
+            tuple(snapshot_read(stack, store.pointer_key)),
         ),
         Call(
             role,

@@ -381,20 +381,47 @@ def _lambda_invoke(state: str, params: Mapping[str, Any]) -> list[Authorization]
     return [Authorization("lambda:InvokeFunction", function)]
 
 
+def dynamic_values(stack: StackView) -> dict[str, str]:
+    """What the definition's run-time paths hold, from the code that writes them (steps.split's
+    result and the agent's report); a path not listed here raises UnknownCall."""
+    from ontosearch.workflow import steps
+
+    values = {"$.job.bucket": stack.bucket}
+    for path, function in (
+        ("$.split.manifest", "chunk_manifest_key"),
+        ("$.split.failure_key", "chunk_failure_key"),
+        ("$.failure_key", "chunk_failure_key"),
+        ("$.split.results_prefix", "map_results_prefix"),
+    ):
+        if hasattr(steps, function):
+            values[path] = getattr(steps, function)(EXECUTION)
+    return values
+
+
+def _param(stack: StackView, params: Mapping[str, Any], name: str, state: str) -> str | None:
+    if name in params:
+        return str(params[name])
+    path = params.get(f"{name}.$")
+    if path is None:
+        return None
+    value = dynamic_values(stack).get(path)
+    if value is None:
+        raise UnknownCall(
+            f"state {state}: {name}.$ = {path} is resolved at run time and the matrix does not "
+            "know what it holds: add it to iam_matrix.dynamic_values"
+        )
+    return value
+
+
 def _s3_location(stack: StackView, params: Mapping[str, Any], state: str, part: str) -> tuple[str, str]:
-    """(bucket, key or prefix) of an ItemReader/ResultWriter; a run-time key is one of work/<execution>/."""
-    bucket = params.get("Bucket")
+    """(bucket, key or prefix) of an S3 call of the state machine."""
+    bucket = _param(stack, params, "Bucket", state)
     if bucket is None:
-        if "Bucket.$" not in params:
-            raise UnknownCall(f"state {state}: {part} without Bucket")
-        bucket = (
-            stack.bucket
-        )  # the workflow only ever names its stack's bucket (steps.validate refuses others)
+        raise UnknownCall(f"state {state}: {part} without Bucket")
     for name in ("Key", "Prefix"):
-        if name in params:
-            return bucket, params[name]
-        if f"{name}.$" in params:
-            return bucket, f"{c.WORKFLOW_WORK_PREFIX}{EXECUTION}/{part.lower()}"
+        value = _param(stack, params, name, state)
+        if value is not None:
+            return bucket, value
     raise UnknownCall(f"state {state}: {part} without Key or Prefix")
 
 
@@ -404,7 +431,9 @@ def _distributed_map(
     """A Distributed Map runs child executions of the machine itself, reads items and writes results
     in S3 (https://docs.aws.amazon.com/step-functions/latest/dg/iam-policies-eg-dist-map.html)."""
     machine = machine_arn.rsplit(":", 1)[-1]
-    child = f"arn:aws:states:{stack.region}:{stack.account}:execution:{machine}/{name}:{TASK_ID}"
+    # child executions are named <machine>/<the Map's Label, else its state name>:<id>
+    label = state.get("Label", name)
+    child = f"arn:aws:states:{stack.region}:{stack.account}:execution:{machine}/{label}:{TASK_ID}"
     auths = [
         Authorization("states:StartExecution", machine_arn),
         Authorization("states:DescribeExecution", child),
@@ -454,6 +483,13 @@ def _task_state_authorizations(stack: StackView, name: str, state: Mapping[str, 
     match = re.fullmatch(r"arn:aws:states:::aws-sdk:ecs:(\w+)", resource)
     if match:
         return _ecs_sdk(stack, name, match.group(1), params)
+    match = re.fullmatch(r"arn:aws:states:::aws-sdk:s3:(getObject|putObject)", resource)
+    if match:
+        # the AWS SDK integration calls the S3 API as the state machine's role
+        # (https://docs.aws.amazon.com/step-functions/latest/dg/supported-services-awssdk.html)
+        bucket, key = _s3_location(stack, params, name, "S3 " + match.group(1))
+        action = "s3:GetObject" if match.group(1) == "getObject" else "s3:PutObject"
+        return [Authorization(action, f"arn:aws:s3:::{bucket}/{key}", TLS)]
     if resource.startswith("arn:aws:lambda:"):
         return [Authorization("lambda:InvokeFunction", resource)]
     raise UnknownCall(f"state {name}: Task Resource {resource} is not in the authorization matrix")

@@ -171,8 +171,9 @@ def test_roles_trust_only_their_service_of_this_account(stack) -> None:
         policy, _ = stack.resource_policy(auth)
 
         def assume(svc: str, account: str, auth: m.Authorization = auth, policy: dict = policy) -> str:
-            request = Request(svc, auth.action, auth.resource, {"aws:SourceAccount": account},
-                              service_principal=svc)
+            request = Request(
+                svc, auth.action, auth.resource, {"aws:SourceAccount": account}, service_principal=svc
+            )
             return evaluate(request, [], policy)
 
         assert assume(service, stack.account) == ALLOWED, role
@@ -204,7 +205,7 @@ def test_a_distributed_map_adds_child_executions_and_its_s3_reads_and_writes(sta
                 "ItemReader": {
                     "Resource": "arn:aws:states:::s3:getObject",
                     "ReaderConfig": {"InputType": "JSON"},
-                    "Parameters": {"Bucket.$": "$.job.bucket", "Key.$": "$.split.items"},
+                    "Parameters": {"Bucket.$": "$.job.bucket", "Key": "work/run/chunks.jsonl"},
                 },
                 "ItemProcessor": {
                     "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
@@ -213,7 +214,7 @@ def test_a_distributed_map_adds_child_executions_and_its_s3_reads_and_writes(sta
                 },
                 "ResultWriter": {
                     "Resource": "arn:aws:states:::s3:putObject",
-                    "Parameters": {"Bucket.$": "$.job.bucket", "Prefix.$": "$.work"},
+                    "Parameters": {"Bucket.$": "$.job.bucket", "Prefix": "work/run/map"},
                 },
                 "End": True,
             }
@@ -234,3 +235,18 @@ def test_a_distributed_map_adds_child_executions_and_its_s3_reads_and_writes(sta
     assert start.resource == machine
     for a in call.authorizations:
         assert a.resource == "*" or ref.matching_formats(a.action, a.resource), a
+
+
+def test_a_run_time_key_the_matrix_cannot_resolve_fails_loudly(stack) -> None:
+    definition = {
+        "States": {
+            "Read": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::aws-sdk:s3:getObject",
+                "Parameters": {"Bucket.$": "$.job.bucket", "Key.$": "$.somewhere"},
+                "End": True,
+            }
+        }
+    }
+    with pytest.raises(m.UnknownCall, match=r"\$\.somewhere"):
+        m.definition_calls(stack, definition, "batch-sfn-role", "arn:aws:states:us-east-1:1:stateMachine:x")

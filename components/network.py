@@ -65,10 +65,7 @@ class Network(pulumi.ComponentResource):
             self.public_subnet_ids = pulumi.Output.from_input(list(args.public_subnet_ids))
             if args.egress == "endpoints":
                 # The S3 gateway endpoint attaches to the route tables of the given private subnets.
-                for subnet_id in args.private_subnet_ids:
-                    table = aws.ec2.get_route_table_output(
-                        subnet_id=subnet_id, opts=pulumi.InvokeOutputOptions(parent=self))
-                    private_route_table_ids.append(table.route_table_id)
+                private_route_table_ids += self._route_tables_of(args.vpc_id, args.private_subnet_ids)
         else:
             self._create_vpc(name, args, child, private_route_table_ids)
 
@@ -84,6 +81,25 @@ class Network(pulumi.ComponentResource):
             "private_subnet_ids": self.private_subnet_ids,
             "public_subnet_ids": self.public_subnet_ids,
         })
+
+    def _route_tables_of(self, vpc_id: str, subnet_ids: Sequence[str]) -> list[pulumi.Output[str]]:
+        """The route table each subnet uses: its explicit association, else the VPC's main table.
+
+        A subnet without an explicit association uses the main route table, and EC2 reports no
+        association for it, so a lookup by subnet id alone finds nothing (DescribeRouteTables:
+        https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeRouteTables.html).
+        """
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        main = aws.ec2.get_route_table_output(
+            vpc_id=vpc_id, filters=[{"name": "association.main", "values": ["true"]}], opts=invoke)
+        tables = []
+        for subnet_id in subnet_ids:
+            explicit = aws.ec2.get_route_tables_output(
+                vpc_id=vpc_id, filters=[{"name": "association.subnet-id", "values": [subnet_id]}],
+                opts=invoke)
+            tables.append(pulumi.Output.all(explicit.ids, main.route_table_id).apply(
+                lambda v: v[0][0] if v[0] else v[1]))
+        return tables
 
     def _create_vpc(self, name: str, args: NetworkArgs, child: pulumi.ResourceOptions,
                     private_route_table_ids: list[pulumi.Input[str]]) -> None:

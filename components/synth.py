@@ -31,6 +31,43 @@ class StackFileError(ValueError):
     """Pulumi.<stack>.yaml is missing or malformed."""
 
 
+@dataclass(frozen=True)
+class MockNetwork:
+    """What the mocks answer about an existing VPC named in config (`ontosearch:vpcId`).
+
+    As in EC2, a subnet is explicitly associated with a route table or implicitly with the VPC's main
+    one, and DescribeRouteTables returns no association for the implicit case (so a lookup by subnet
+    finds nothing: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeRouteTables.html).
+    `explicit_route_tables` maps subnet id -> its table; a subnet not listed uses the main table.
+    None (the default): every subnet has an explicit table of its own.
+    """
+
+    cidr_block: str = "10.0.0.0/16"
+    main_route_table_id: str = "rtb-0main000000000000"
+    explicit_route_tables: Mapping[str, str] | None = None
+
+    def explicit_table(self, subnet_id: str) -> str | None:
+        if self.explicit_route_tables is None:
+            return "rtb-" + _hash("rtb", subnet_id)
+        return self.explicit_route_tables.get(subnet_id)
+
+    def route_tables(self, args: Mapping[str, Any]) -> list[str]:
+        """The tables a getRouteTable(s) data source finds (filters association.subnet-id, .main)."""
+        subnets = {str(args["subnetId"])} if args.get("subnetId") else set()
+        main = False
+        for f in args.get("filters") or []:
+            name, values = f["name"], [str(v) for v in f["values"]]
+            if name == "association.subnet-id":
+                subnets |= set(values)
+            elif name == "association.main":
+                main = "true" in values
+            else:
+                raise NotImplementedError(f"the mock network does not model the route-table filter {name!r}")
+        if main:
+            return [self.main_route_table_id]
+        return sorted({t for s in subnets if (t := self.explicit_table(s)) is not None})
+
+
 def _hash(*parts: str, n: int = 17) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:n]
 
@@ -140,8 +177,10 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _make_mocks(region: str):
+def _make_mocks(region: str, network: MockNetwork | None = None):
     import pulumi
+
+    existing = network or MockNetwork()
 
     class Mocks(pulumi.runtime.Mocks):
         """Plausible, distinct ids and ARNs per resource so wiring is visible in the inputs."""
@@ -290,11 +329,18 @@ def _make_mocks(region: str):
                 return {"zoneId": zone_id, "id": zone_id, "name": name,
                         "arn": f"arn:aws:route53:::hostedzone/{zone_id}", "privateZone": False}
             if token == "aws:ec2/getVpc:getVpc":
-                return {"id": a.get("id"), "cidrBlock": "10.0.0.0/16", "arn":
+                return {"id": a.get("id"), "cidrBlock": existing.cidr_block, "arn":
                         f"arn:aws:ec2:{region}:{MOCK_ACCOUNT}:vpc/{a.get('id')}"}
+            if token == "aws:ec2/getRouteTables:getRouteTables":
+                ids = existing.route_tables(a)
+                return {"ids": ids, "id": region, "vpcId": a.get("vpcId")}
             if token == "aws:ec2/getRouteTable:getRouteTable":
-                subnet = str(a.get("subnetId", ""))
-                return {"routeTableId": "rtb-" + _hash("rtb", subnet), "id": "rtb-" + _hash("rtb", subnet)}
+                found = existing.route_tables(a)
+                if len(found) != 1:  # the provider's singular data source fails on none or several
+                    return {}, [("", f"query returned {len(found)} results for EC2 Route Table; "
+                                     "change your search criteria")]
+                return {"routeTableId": found[0], "id": found[0], "subnetId": a.get("subnetId"),
+                        "vpcId": a.get("vpcId")}
             return a
 
     return Mocks()
@@ -348,8 +394,12 @@ class SynthResult:
         return found[0]
 
 
-def synth(stack: str, config: Mapping[str, Any] | None = None, root: Path = ROOT) -> SynthResult:
-    """Run the program under mocks. `config` (as in a stack file) replaces Pulumi.<stack>.yaml's."""
+def synth(stack: str, config: Mapping[str, Any] | None = None, root: Path = ROOT,
+          network: MockNetwork | None = None) -> SynthResult:
+    """Run the program under mocks. `config` (as in a stack file) replaces Pulumi.<stack>.yaml's.
+
+    `network`: what an existing VPC from config looks like to the mocks (default: MockNetwork()).
+    """
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime import settings
@@ -359,7 +409,7 @@ def synth(stack: str, config: Mapping[str, Any] | None = None, root: Path = ROOT
     values = dict(load_stack_config(stack, root) if config is None else config)
     region = str(values.get("aws:region", "us-east-1"))
     records: list[Resource] = []
-    mocks = _make_mocks(region)
+    mocks = _make_mocks(region, network)
     monitor = _RecordingMonitor.create(mocks, records)
 
     settings.reset_options()  # a fresh root stack per run (several synths in one process)

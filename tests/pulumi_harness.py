@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
 
 from components.synth import (  # noqa: E402
     SECRET_MARK,
+    MockNetwork,
     Resource,
     SynthResult,
     load_stack_config,
@@ -27,9 +28,9 @@ from components.synth import (  # noqa: E402
 )
 
 __all__ = [
-    "SECRET_MARK", "Resource", "SynthResult", "STACKS", "synth_stack", "synth_with", "stack_file_config",
-    "container_definitions", "policy_documents", "security_group_rules", "mock_password", "walk_strings",
-    "botocore_errors", "policies_of_role",
+    "SECRET_MARK", "MockNetwork", "Resource", "SynthResult", "STACKS", "synth_stack", "synth_with",
+    "stack_file_config", "container_definitions", "policy_documents", "security_group_rules", "mock_password",
+    "walk_strings", "botocore_errors", "policies_of_role",
 ]
 
 STACKS = ("dev", "prod")
@@ -48,11 +49,14 @@ def stack_file_config(stack: str) -> dict[str, Any]:
 
 
 def synth_with(stack: str, overrides: Mapping[str, Any] | None = None,
-               remove: tuple[str, ...] = ()) -> SynthResult:
-    """Run the program with a stack file's config changed (keys as in the file, e.g. "ontosearch:cpu")."""
+               remove: tuple[str, ...] = (), network: MockNetwork | None = None) -> SynthResult:
+    """Run the program with a stack file's config changed (keys as in the file, e.g. "ontosearch:cpu").
+
+    `network`: how an existing VPC from config looks to the mocks (its CIDR, its route tables).
+    """
     values = {k: v for k, v in stack_file_config(stack).items() if k not in remove}
     values.update(overrides or {})
-    return synth(stack, config=values)
+    return synth(stack, config=values, network=network)
 
 
 def container_definitions(result: SynthResult, name: str | None = None) -> list[dict]:

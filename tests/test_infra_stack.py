@@ -6,7 +6,14 @@ import json
 import re
 
 import pytest
-from pulumi_harness import STACKS, policies_of_role, stack_file_config, synth_stack, synth_with
+from pulumi_harness import (
+    STACKS,
+    MockNetwork,
+    policies_of_role,
+    stack_file_config,
+    synth_stack,
+    synth_with,
+)
 
 from components.config import StackConfig
 from ontosearch import constants as c
@@ -107,6 +114,40 @@ def test_existing_vpc_from_config_is_used_and_no_vpc_is_created():
     assert alb["subnets"] == ["subnet-0ccc", "subnet-0ddd"]
     assert result.one("aws:lb/targetGroup:TargetGroup").raw_inputs["vpcId"] == "vpc-0123456789abcdef0"
     assert "ecr.dkr" in _endpoint_services(result)  # egress: endpoints still creates the endpoints
+
+
+EXISTING_VPC = {
+    "ontosearch:vpcId": "vpc-0123456789abcdef0",
+    "ontosearch:privateSubnetIds": ["subnet-0aaa", "subnet-0bbb"],
+    "ontosearch:publicSubnetIds": ["subnet-0ccc", "subnet-0ddd"],
+}
+
+
+def _s3_gateway_route_tables(result) -> list[str]:
+    (gateway,) = [e for e in result.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+                  if e.raw_inputs["vpcEndpointType"] == "Gateway"]
+    return sorted(gateway.raw_inputs["routeTableIds"])
+
+
+@pytest.mark.parametrize(("explicit", "expected"), [
+    ({"subnet-0aaa": "rtb-0aaa", "subnet-0bbb": "rtb-0bbb"}, ["rtb-0aaa", "rtb-0bbb"]),
+    ({"subnet-0aaa": "rtb-0aaa"}, ["rtb-0aaa", "rtb-0main"]),  # subnet-0bbb: implicitly the main table
+    ({}, ["rtb-0main"]),  # both on the main table: named once
+], ids=["explicit", "one-on-main", "both-on-main"])
+def test_existing_vpc_s3_gateway_uses_each_private_subnets_route_table_or_the_main_one(explicit, expected):
+    """A subnet without an explicit association uses the VPC's main route table (EC2 reports none for it)."""
+    network = MockNetwork(main_route_table_id="rtb-0main", explicit_route_tables=explicit)
+    result = synth_with("prod", EXISTING_VPC, network=network)
+    assert _s3_gateway_route_tables(result) == expected
+
+
+def test_mock_network_refuses_a_subnet_lookup_for_a_subnet_on_the_main_table():
+    """The mocks fail the singular lookup as the provider does, so code relying on it fails here too."""
+    network = MockNetwork(explicit_route_tables={"subnet-0aaa": "rtb-0aaa"})
+    assert network.route_tables({"subnetId": "subnet-0bbb"}) == []
+    assert network.route_tables({"subnetId": "subnet-0aaa"}) == ["rtb-0aaa"]
+    assert network.route_tables({"filters": [{"name": "association.main", "values": ["true"]}]}) == [
+        network.main_route_table_id]
 
 
 # --- 2. Snapshot bucket --------------------------------------------------------------------------

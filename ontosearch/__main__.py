@@ -15,6 +15,7 @@ COMMANDS = {
     "workflow": "ontosearch.workflow.local",
     "task-agent": "ontosearch.task_agent",
     "bench": "ontosearch.bench",
+    "embedder-bundle": "ontosearch.embedder_bundle",
     "cost": "ontosearch.cost",
     "loadtest": "ontosearch.loadtest",
 }

@@ -15,6 +15,10 @@ export of the same weights run by onnxruntime (faster on a few CPU cores). The O
 first use into a per-user cache directory and checked against torch on probe texts; it is used only when
 it agrees to within `ONNX_MAX_COSINE_GAP` (so it may share the embedder's name), otherwise torch is used
 and a warning says why. `ONTOSEARCH_EMBEDDER_BACKEND=torch|onnx` forces one.
+
+Where torch is absent (the Lambda image), an embedder comes from an ONNX *bundle* exported ahead of
+time (`ontosearch.embedder_bundle`): `ONTOSEARCH_EMBEDDER_BUNDLES` names the directory, and a bundle
+there is used before any other source, with onnxruntime and `tokenizers` only.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ CACHE_BYTES = 64 << 20
 ONNX_MAX_COSINE_GAP = 1e-3
 ENV_BACKEND = "ONTOSEARCH_EMBEDDER_BACKEND"  # "auto" (default), "torch" or "onnx"
 ENV_CACHE_DIR = "ONTOSEARCH_CACHE_DIR"
+# Directory of ONNX bundles (`ontosearch.embedder_bundle`); the Lambda image sets it.
+ENV_EMBEDDER_BUNDLES = "ONTOSEARCH_EMBEDDER_BUNDLES"
 # Threads of one ONNX session (default: one per core). A snapshot build runs one single-thread
 # session per core in worker processes instead (`ontosearch.embed_pool`).
 ENV_THREADS = "ONTOSEARCH_EMBEDDER_THREADS"
@@ -400,7 +406,7 @@ class OnnxEmbedder(TransformerEmbedder):
         return self.session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
 
 
-def _weights_file(model_dir: Path) -> Path:
+def weights_file(model_dir: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (model_dir / name).is_file():
             return model_dir / name
@@ -471,7 +477,7 @@ def onnx_embedder(name: str, model_dir: Path, pooling: str, max_length: int) -> 
     """The ONNX backend for a model, exporting and verifying it against torch on first use."""
     import onnxruntime
 
-    weights = _weights_file(model_dir)
+    weights = weights_file(model_dir)
     key = hashlib.sha256(
         f"{file_digest(weights)}|{pooling}|ort{onnxruntime.__version__}".encode()
     ).hexdigest()[:16]
@@ -562,6 +568,8 @@ def get_embedder(name: str | None = None) -> Embedder:
 
     `name` is the default MiniLM's name, a Hugging Face model id present in the local cache (e.g.
     constants.SAPBERT_MODEL), or a local model directory; a directory's embedder is named by its path.
+    An ONNX bundle of that name under `ONTOSEARCH_EMBEDDER_BUNDLES` comes first (unless the backend is
+    forced to torch): that path imports neither torch nor transformers.
     """
     name = name or constants.DEFAULT_EMBEDDER
     backend = _backend()
@@ -572,27 +580,44 @@ def get_embedder(name: str | None = None) -> Embedder:
         return _LOADED[key]
 
 
-def _load(name: str, backend: str) -> Embedder:
-    if name == constants.DEFAULT_EMBEDDER:
-        model_dir = minilm_dir()
-        # sentence-transformers' configuration of this model: mean pooling, 256 tokens.
-        if backend in {"auto", "onnx"}:
-            try:
-                return onnx_embedder(name, model_dir, "mean", 256)
-            except Exception as exc:  # noqa: BLE001 - torch gives the same vectors, only slower
-                if backend == "onnx":
-                    raise EmbedderError(f"the ONNX backend for {name} is unavailable: {exc}") from exc
-                log.warning("the ONNX backend for %s is unavailable (%s); using torch", name, exc)
-        return TorchEmbedder(name, model_dir, "mean", max_length=256)
+# Token limit of encoders other than the default (whose sentence-transformers configuration says 256).
+DEFAULT_MAX_LENGTH = 128
 
+
+def model_source(name: str) -> tuple[Path, str, int]:
+    """Where embedder `name`'s weights are, and its pooling and token limit (torch and export read these)."""
+    if name == constants.DEFAULT_EMBEDDER:
+        # sentence-transformers' configuration of this model: mean pooling, 256 tokens.
+        return minilm_dir(), "mean", 256
     path = Path(name).expanduser()
     if path.is_dir():
         model_dir = path.resolve()
-        return TorchEmbedder(str(model_dir), model_dir, _pooling_of(model_dir))
+        return model_dir, _pooling_of(model_dir), DEFAULT_MAX_LENGTH
     if "/" in name and not path.exists() and not name.startswith((".", "/", "~")):
         model_dir = _resolve_hf_name(name)
-        return TorchEmbedder(name, model_dir, _pooling_of(model_dir))
+        return model_dir, _pooling_of(model_dir), DEFAULT_MAX_LENGTH
     raise EmbedderError(
         f"unknown embedder {name!r}: use {constants.DEFAULT_EMBEDDER!r} (default), "
         f"{constants.SAPBERT_MODEL!r} from a local Hugging Face cache, or an existing local model directory"
     )
+
+
+def _load(name: str, backend: str) -> Embedder:
+    if backend != "torch":
+        from ontosearch import embedder_bundle
+
+        bundle = embedder_bundle.find_bundle(name)
+        if bundle is not None:
+            return embedder_bundle.load_bundle(bundle)
+    model_dir, pooling, max_length = model_source(name)
+    if name == constants.DEFAULT_EMBEDDER:
+        if backend in {"auto", "onnx"}:
+            try:
+                return onnx_embedder(name, model_dir, pooling, max_length)
+            except Exception as exc:  # noqa: BLE001 - torch gives the same vectors, only slower
+                if backend == "onnx":
+                    raise EmbedderError(f"the ONNX backend for {name} is unavailable: {exc}") from exc
+                log.warning("the ONNX backend for %s is unavailable (%s); using torch", name, exc)
+        return TorchEmbedder(name, model_dir, pooling, max_length=max_length)
+    return TorchEmbedder(str(model_dir) if Path(name).expanduser().is_dir() else name, model_dir, pooling,
+                         max_length=max_length)

@@ -110,7 +110,13 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
     write = ["s3:PutObject"]
     statements = {
         "validate": [{"Sid": "ReadInputsAndSnapshots", "Effect": "Allow", "Action": read,
-                      "Resource": [inputs, snapshots]}],
+                      "Resource": [inputs, snapshots]},
+                     # A 403 on a snapshot key is told apart (missing or refused) by listing the key,
+                     # authorized with s3:prefix = that key (ontosearch.snapshot_store.key_exists).
+                     {"Sid": "ListSnapshots", "Effect": "Allow", "Action": "s3:ListBucket",
+                      "Resource": bucket_arn,
+                      "Condition": {"StringLike": {"s3:prefix": [f"{c.SNAPSHOT_PREFIX}/",
+                                                                 f"{c.SNAPSHOT_PREFIX}/*"]}}}],
         "split": [{"Sid": "ReadInputs", "Effect": "Allow", "Action": read, "Resource": inputs},
                   {"Sid": "WriteChunks", "Effect": "Allow", "Action": write, "Resource": work}],
         "query": [{"Sid": "ReadWriteWork", "Effect": "Allow", "Action": [*read, *write], "Resource": work},

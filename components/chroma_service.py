@@ -155,6 +155,7 @@ class ChromaService(pulumi.ComponentResource):
         ).apply(lambda v: json.dumps(container_definitions(TaskSpec(
             app_image=v[0], chroma_image=v[1], proxy_image=v[2], bucket=v[3], token_secret_arn=v[4],
             admin_token_secret_arn=v[5], log_group=v[6], region=v[7], snapshot_version=args.snapshot_version,
+            wait_for_snapshot=True,
         ))))
         task_definition = aws.ecs.TaskDefinition(
             f"{name}-task",

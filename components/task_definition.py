@@ -42,6 +42,9 @@ class TaskSpec:
     snapshot_version: str = "latest"
     # Extra `restore-snapshot` options (e.g. the workflow's), appended after the defaults.
     restore_args: tuple[str, ...] = ()
+    # The always-on service: with "latest", restore waits for a first snapshot instead of failing, so a
+    # stack deployed before anything is published comes up once a snapshot is (see container_definitions).
+    wait_for_snapshot: bool = False
 
 
 def log_configuration(log_group: str, region: str, stream_prefix: str) -> dict[str, Any]:
@@ -56,10 +59,12 @@ def log_configuration(log_group: str, region: str, stream_prefix: str) -> dict[s
     }
 
 
-def restore_command(bucket: str, version: str, extra_args: Sequence[str] = ()) -> list[str]:
+def restore_command(bucket: str, version: str, extra_args: Sequence[str] = (),
+                    wait_for_snapshot: bool = False) -> list[str]:
     """The `restore` container's command; the workflow overrides `--version` per execution."""
+    wait = ["--wait-for-snapshot"] if wait_for_snapshot else []
     return ["python", "-m", "ontosearch", "restore-snapshot", "--bucket", bucket, "--version", version,
-            "--into", c.DATA_DIR, *extra_args]
+            "--into", c.DATA_DIR, *wait, *extra_args]
 
 
 def chroma_command() -> list[str]:
@@ -76,11 +81,24 @@ def container_definitions(spec: TaskSpec, extra_containers: Sequence[Mapping[str
     from ontosearch import proxy
 
     data_mount = {"sourceVolume": TASK_VOLUME, "containerPath": c.DATA_DIR, "readOnly": False}
+    # No `startTimeout` on restore, on purpose: chroma waits for restore to exit 0 (SUCCESS), and a
+    # startTimeout on restore would stop the task once it passed; on Fargate its valid values are only
+    # 2-120 s (ContainerDefinition.startTimeout, https://docs.aws.amazon.com/AmazonECS/latest/APIReference/
+    # API_ContainerDefinition.html), too short for a large download or for waiting for a first snapshot.
+    # Unset, no timeout applies to the dependency (the ECS agent checks one only when it is set:
+    # hasDependencyTimedOut in amazon-ecs-agent agent/engine/dependencygraph/graph.go). While restore
+    # runs, chroma and the proxy have not started, so the task is PENDING (a task's status is the
+    # earliest of its containers': updateTaskKnownStatus in agent/api/task/task.go): it is not yet
+    # registered with the target group, the health check grace period has not begun (it counts from
+    # the task's start, startedAt = PENDING -> RUNNING), and the deployment circuit breaker counts only
+    # tasks that stop before RUNNING (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/
+    # deployment-circuit-breaker.html).
     restore = {
         "name": c.RESTORE_CONTAINER,
         "image": spec.app_image,
         "essential": False,
-        "command": restore_command(spec.bucket, spec.snapshot_version, spec.restore_args),
+        "command": restore_command(spec.bucket, spec.snapshot_version, spec.restore_args,
+                                   wait_for_snapshot=spec.wait_for_snapshot),
         "environment": [
             {"name": "AWS_REGION", "value": spec.region},
             {"name": "AWS_DEFAULT_REGION", "value": spec.region},

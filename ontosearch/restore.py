@@ -48,10 +48,13 @@ from ontosearch.archive import ArchiveError, check_archive_file, extract_archive
 from ontosearch.constants import CHROMA_VERSION, RESTORED_MANIFEST_NAME, SNAPSHOT_PREFIX
 from ontosearch.manifest import VERSION_PATTERN, Manifest, ManifestError
 from ontosearch.snapshot_store import (
+    Pointer,
     SnapshotStore,
     StoreError,
+    check_missing,
+    get_object_or_none,
     is_aws_error,
-    is_missing,
+    no_snapshot_message,
     read_pointer,
     s3_client,
 )
@@ -65,6 +68,10 @@ _SPACE_MARGIN = 16 * 2**20
 Log = Callable[[str], None]
 # Transfers smaller than this finish too fast to need progress lines.
 _PROGRESS_MIN_BYTES = 50 * 2**20
+# --wait-for-snapshot: how often S3 is asked (2 requests), and how often the wait is logged. A publish
+# reaches a waiting task within one poll; the log line repeats what to run without flooding the log.
+WAIT_POLL_SECONDS = 30.0
+WAIT_LOG_SECONDS = 300.0
 
 
 class RestoreError(RuntimeError):
@@ -327,6 +334,31 @@ def restore_from_dir(
                     into, expect_chroma_version, replace, log, in_place)
 
 
+def wait_for_pointer(s3: Any, store: SnapshotStore, poll_seconds: float = WAIT_POLL_SECONDS,
+                     log: Log | None = None, log_seconds: float = WAIT_LOG_SECONDS) -> Pointer:
+    """The pointer, once there is one: polls while nothing is published, logging what to run.
+
+    Only "not published yet" is waited for; a refusal (wrong bucket, missing grants) or a broken pointer
+    raises at once, since waiting would not fix it.
+    """
+    log = log or _stderr
+    started = next_log = time.monotonic()
+    logged = False
+    while True:
+        pointer = read_pointer(s3, store)
+        now = time.monotonic()
+        if pointer is not None:
+            if logged:
+                log(f"restore: {store.url(store.pointer_key)} names {pointer.version} after "
+                    f"{now - started:.0f} s of waiting; restoring it")
+            return pointer
+        if now >= next_log:
+            since = f" (waiting for {(now - started) / 60:.0f} min)" if logged else ""
+            log(f"restore: {no_snapshot_message(store)}; checking again every {poll_seconds:g} s{since}")
+            logged, next_log = True, now + log_seconds
+        time.sleep(poll_seconds)
+
+
 def restore_from_s3(
     bucket: str,
     version: str,
@@ -337,27 +369,29 @@ def restore_from_s3(
     s3: Any = None,
     log: Log | None = None,
     in_place: bool | None = None,
+    wait: bool = False,
+    poll_seconds: float = WAIT_POLL_SECONDS,
 ) -> Manifest:
-    """Restore a published version (or "latest", the one the pointer names) into `into`."""
+    """Restore a published version (or "latest", the one the pointer names) into `into`.
+
+    `wait` (with "latest"): while nothing is published yet, log what to run and ask again every
+    `poll_seconds`, so a service deployed before its first snapshot starts once one is published.
+    """
     log = log or _stderr
     s3 = s3 or s3_client()
     store = SnapshotStore(bucket, prefix)
     pointer = None
     if version == "latest":
-        pointer = read_pointer(s3, store)
+        pointer = wait_for_pointer(s3, store, poll_seconds, log) if wait else read_pointer(s3, store)
         if pointer is None:
-            raise RestoreError(f"no snapshot is published at {store.url(store.pointer_key)}; "
-                               "publish one with publish-snapshot or pass --version")
+            raise RestoreError(no_snapshot_message(store))
         version = pointer.version
     elif not VERSION_PATTERN.match(version):
         raise RestoreError(f"--version {version!r} is not a snapshot version name; use `latest` or a name "
                            f"listed under {store.url(store.prefix + '/')}")
     manifest_url = store.url(store.manifest_key(version))
-    try:
-        body = s3.get_object(Bucket=bucket, Key=store.manifest_key(version))["Body"].read()
-    except Exception as exc:
-        if not (is_aws_error(exc) and is_missing(exc)):
-            raise
+    response = get_object_or_none(s3, store, store.manifest_key(version))
+    if response is None:
         if pointer is not None:
             raise RestoreError(
                 f"{store.url(store.pointer_key)} names version {version} but {manifest_url} does not exist; "
@@ -365,7 +399,7 @@ def restore_from_s3(
             ) from None
         raise RestoreError(f"snapshot version {version} not found ({manifest_url} does not exist); "
                            f"list versions under {store.url(store.prefix + '/')}") from None
-    manifest = Manifest.from_json(body, source=manifest_url)
+    manifest = Manifest.from_json(response["Body"].read(), source=manifest_url)
     label = f"snapshot {version}"
     if manifest.version != version:
         raise RestoreError(f"{manifest_url} describes version {manifest.version}, not {version}; "
@@ -383,8 +417,9 @@ def restore_from_s3(
             s3.download_file(bucket, archive_key, str(target),
                              Callback=_Progress(manifest.archive.bytes, "restore: downloaded", log))
         except Exception as exc:
-            if not (is_aws_error(exc) and is_missing(exc)):
+            if not is_aws_error(exc):
                 raise
+            check_missing(s3, store, archive_key, exc)
             raise RestoreError(f"{label}: archive {store.url(archive_key)} does not exist; "
                                "publish the snapshot again") from None
         log(f"restore: downloaded in {time.monotonic() - started:.1f} s")
@@ -411,13 +446,22 @@ def main(argv: list[str]) -> int:
                         help=f"version of the Chroma server that opens the data (default {CHROMA_VERSION})")
     parser.add_argument("--replace", action="store_true",
                         help="replace data already in --into (else a different snapshot there is refused)")
+    parser.add_argument("--wait-for-snapshot", action="store_true",
+                        help="with --version latest: while nothing is published yet, wait for a first "
+                             "snapshot (logging what to run) instead of failing")
+    parser.add_argument("--poll-seconds", type=float, default=WAIT_POLL_SECONDS,
+                        help="with --wait-for-snapshot: seconds between checks "
+                             f"(default {WAIT_POLL_SECONDS:g})")
     args = parser.parse_args(argv)
+    if args.poll_seconds <= 0:
+        parser.error(f"--poll-seconds must be positive, got {args.poll_seconds:g}")
     try:
         if args.from_dir:
             manifest = restore_from_dir(args.from_dir, args.into, args.chroma_version, args.replace)
         else:
             manifest = restore_from_s3(args.bucket, args.version, args.into, args.prefix, args.chroma_version,
-                                       args.replace, s3=s3_client(args.region))
+                                       args.replace, s3=s3_client(args.region), wait=args.wait_for_snapshot,
+                                       poll_seconds=args.poll_seconds)
     except (RestoreError, ManifestError, ArchiveError, StoreError) as exc:
         print(f"restore-snapshot: {exc}", file=sys.stderr)
         return 1

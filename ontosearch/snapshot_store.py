@@ -42,6 +42,16 @@ class StoreError(RuntimeError):
     """S3 holds no usable snapshot where one was asked for, or publishing could not finish."""
 
 
+class SnapshotAccessError(StoreError):
+    """S3 refused a request whatever the key: a wrong bucket, a role without the grants, bad credentials."""
+
+
+# Error codes: botocore reports a HEAD's status as the code ("404", "403"); other calls name it.
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+
+
 def s3_client(region: str | None = None) -> Any:
     """A boto3 S3 client (endpoint from AWS_ENDPOINT_URL, region and credentials from the environment)."""
     import boto3
@@ -59,9 +69,6 @@ def is_aws_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in {"botocore", "boto3", "s3transfer"}
 
 
-def is_missing(exc: Exception) -> bool:
-    # Without s3:ListBucket, S3 answers a missing key with 403 instead of 404.
-    return _error_code(exc) in {"NoSuchKey", "404", "NotFound", "AccessDenied", "403"}
 
 
 @dataclass(frozen=True)
@@ -101,14 +108,115 @@ class Pointer:
     etag: str
 
 
-def read_pointer(s3: Any, store: SnapshotStore) -> Pointer | None:
-    """The current pointer with its ETag (for compare-and-swap), or None when nothing is published."""
+def publish_command(store: SnapshotStore) -> str:
+    """The commands that put a first snapshot where `store` is (what a user runs after a first deploy)."""
+    prefix = "" if store.prefix == SNAPSHOT_PREFIX else f" --prefix {store.prefix}"
+    return (f"`python -m ontosearch build-snapshot --out ./snapshot && "
+            f"python -m ontosearch publish-snapshot ./snapshot --bucket {store.bucket}{prefix}`")
+
+
+def no_snapshot_message(store: SnapshotStore) -> str:
+    """What restore and the workflow's validate step say when nothing was ever published."""
+    return (f"no snapshot published yet under {store.url(store.prefix + '/')}; "
+            f"publish one with {publish_command(store)}")
+
+
+def _s3_said(exc: BaseException) -> str:
+    error = (getattr(exc, "response", None) or {}).get("Error", {})
+    return str(error.get("Message") or error.get("Code") or exc)
+
+
+def _grants_to_check(store: SnapshotStore) -> str:
+    arn = f"arn:aws:s3:::{store.bucket}"
+    return (f"check that {store.bucket} is the stack's bucket (`pulumi stack output bucket_name`) and that "
+            f"the role may s3:ListBucket on {arn} with s3:prefix {store.prefix}/* and s3:GetObject on "
+            f"{arn}/{store.prefix}/*")
+
+
+def _access_error(exc: BaseException, store: SnapshotStore, doing: str) -> SnapshotAccessError | None:
+    """A SnapshotAccessError for a refusal S3 answers the same whatever the key (bucket, role,
+    credentials); None for anything else (a missing key, throttling, a network error)."""
+    code = _error_code(exc)
+    if code in _DENIED:
+        return SnapshotAccessError(
+            f"access denied {doing}: {_grants_to_check(store)}; S3 said: {_s3_said(exc)}")
+    if code == "NoSuchBucket":
+        return SnapshotAccessError(f"bucket {store.bucket} does not exist ({doing}); pass the stack's bucket "
+                                   "(`pulumi stack output bucket_name`) as --bucket")
+    if code in _BAD_CREDENTIALS:
+        return SnapshotAccessError(f"S3 refused the credentials ({code}) {doing}; check the AWS credentials "
+                                   "in the environment (AWS_PROFILE, AWS_ACCESS_KEY_ID, the task role)")
+    return None
+
+
+def key_exists(s3: Any, store: SnapshotStore, key: str) -> bool:
+    """Whether `key` exists, asked with ListObjectsV2 (s3:ListBucket with s3:prefix = key).
+
+    This is how a 403 on GetObject is told apart: S3 answers a missing key with 404 only to a caller
+    holding s3:ListBucket on the bucket, and whether a grant conditioned on s3:prefix (all our roles
+    have) counts for that is not documented, so it is not relied on. The listing is authorized with
+    the request's prefix, which the conditioned grant covers.
+    """
+    if not key.startswith(store.prefix + "/"):
+        raise ValueError(f"{key} is outside the snapshot prefix {store.prefix}/")
     try:
-        response = s3.get_object(Bucket=store.bucket, Key=store.pointer_key)
+        response = s3.list_objects_v2(Bucket=store.bucket, Prefix=key, MaxKeys=1)
     except Exception as exc:
-        if _error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
-            return None
+        refused = _access_error(exc, store, f"listing {store.url(store.prefix + '/')}")
+        if refused is not None:
+            raise refused from None
+        raise
+    # The key itself sorts before any longer key that starts with it, so MaxKeys=1 is enough.
+    return any(obj.get("Key") == key for obj in response.get("Contents", []))
+
+
+def check_missing(s3: Any, store: SnapshotStore, key: str, exc: BaseException) -> None:
+    """Return if `exc` (from reading `key`) means the key does not exist; else raise what it means.
+
+    A denied read of a key that exists, a wrong bucket or bad credentials raise SnapshotAccessError
+    with what to check; other errors are raised as they are.
+    """
+    code = _error_code(exc)
+    if code in _NOT_FOUND:
+        return
+    if code in _DENIED:
+        if not key_exists(s3, store, key):
+            return
+        raise SnapshotAccessError(
+            f"access denied reading {store.url(key)}, which exists: check that the role may s3:GetObject on "
+            f"arn:aws:s3:::{store.bucket}/{store.prefix}/*; S3 said: {_s3_said(exc)}") from None
+    refused = _access_error(exc, store, f"reading {store.url(key)}")
+    if refused is not None:
+        raise refused from None
+    raise exc
+
+
+def get_object_or_none(s3: Any, store: SnapshotStore, key: str) -> dict[str, Any] | None:
+    """GetObject of a snapshot key; None when it does not exist (404, or 403 and not listed)."""
+    try:
+        return s3.get_object(Bucket=store.bucket, Key=key)
+    except Exception as exc:
+        if not is_aws_error(exc):
+            raise
+        check_missing(s3, store, key, exc)
+        return None
+
+
+def read_pointer(s3: Any, store: SnapshotStore) -> Pointer | None:
+    """The current pointer with its ETag (for compare-and-swap), or None when nothing is published.
+
+    Raises SnapshotAccessError when S3 refuses (wrong bucket, missing grants), StoreError for others.
+    """
+    try:
+        response = get_object_or_none(s3, store, store.pointer_key)
+    except SnapshotAccessError:
+        raise
+    except Exception as exc:
+        if not is_aws_error(exc):
+            raise
         raise StoreError(f"cannot read {store.url(store.pointer_key)}: {exc}") from None
+    if response is None:
+        return None
     body = response["Body"].read()
     try:
         data = json.loads(body)

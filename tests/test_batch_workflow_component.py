@@ -131,7 +131,8 @@ def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the
     read_secret = arn(result, "aws:secretsmanager/secret:Secret", "tokens-read")
     allowed = {
         "validate": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
-                     ("s3:GetObject", f"{bucket}/{c.SNAPSHOT_PREFIX}/*")},
+                     ("s3:GetObject", f"{bucket}/{c.SNAPSHOT_PREFIX}/*"),
+                     ("s3:ListBucket", bucket)},
         "split": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
                   ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
         "query": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
@@ -148,7 +149,12 @@ def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the
         for st in statements(policy(result, f"batch-{step}-policy")):
             for action in as_list(st["Action"]):
                 for resource in as_list(st["Resource"]):
-                    if action.startswith("s3:"):
+                    if action == "s3:ListBucket":
+                        # only keys under the snapshot prefix may be listed
+                        assert st["Condition"] == {"StringLike": {"s3:prefix": [
+                            f"{c.SNAPSHOT_PREFIX}/", f"{c.SNAPSHOT_PREFIX}/*"]}}, step
+                        grants.add((action, resource))
+                    elif action.startswith("s3:"):
                         grants.add((action, resource))
                     elif action == "secretsmanager:GetSecretValue":
                         secrets.append(resource)

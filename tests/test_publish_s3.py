@@ -208,7 +208,7 @@ def _assert_nothing_restored(target: Path) -> None:
 
 
 def test_nothing_published_is_refused(s3, tmp_path):
-    with pytest.raises(RestoreError, match=f"no snapshot is published at s3://{BUCKET}/{POINTER_KEY}"):
+    with pytest.raises(RestoreError, match=f"^no snapshot published yet under s3://{BUCKET}/{SNAPSHOT_PREFIX}/;"):
         restore_from_s3(BUCKET, "latest", tmp_path / "data", s3=s3, log=_quiet)
     _assert_nothing_restored(tmp_path / "data")
 
@@ -313,7 +313,7 @@ def test_custom_prefix_keeps_its_own_pointer_and_versions(s3, snapshot_pair, tmp
     result = publish_snapshot(snapshot_pair[0], BUCKET, prefix="team/snaps/", s3=s3, log=_quiet, now=T0)
     assert f"team/snaps/{result.version}/{MANIFEST_NAME}" in _keys(s3)
     assert "team/snaps/LATEST" in _keys(s3) and POINTER_KEY not in _keys(s3)
-    with pytest.raises(RestoreError, match="no snapshot is published"):
+    with pytest.raises(RestoreError, match="no snapshot published yet"):
         restore_from_s3(BUCKET, "latest", tmp_path / "default", s3=s3, log=_quiet)
     restored = restore_from_s3(BUCKET, "latest", tmp_path / "data", prefix="team/snaps", s3=s3, log=_quiet)
     assert restored.version == result.version

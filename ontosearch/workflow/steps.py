@@ -184,32 +184,40 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
 
 
 def _resolve_snapshot(s3: Any, bucket: str, snapshot: str) -> tuple[Any, str]:
+    """The manifest of `snapshot` ("latest": the version the pointer names) and that version.
+
+    A missing pointer or manifest (404, or 403 for a key that a listing of the prefix does not show:
+    see snapshot_store.key_exists) is the user's to fix by publishing; a refusal whatever the key
+    (wrong bucket, the Lambda's role) is reported as such, with what to check.
+    """
     from ontosearch.manifest import Manifest, ManifestError
-    from ontosearch.snapshot_store import SnapshotStore, StoreError, read_pointer
+    from ontosearch.snapshot_store import (
+        SnapshotStore,
+        StoreError,
+        get_object_or_none,
+        no_snapshot_message,
+        read_pointer,
+    )
 
     store = SnapshotStore(bucket, SNAPSHOT_PREFIX)
     version = snapshot
-    if snapshot == "latest":
-        try:
-            pointer = read_pointer(s3, store)
-        except StoreError as exc:
-            raise InvalidInputError(str(exc)) from None
-        if pointer is None:
-            raise InvalidInputError(
-                f"no snapshot is published in s3://{bucket}/{SNAPSHOT_PREFIX}/; publish one first"
-            )
-        version = pointer.version
     try:
-        body = s3.get_object(Bucket=bucket, Key=store.manifest_key(version))["Body"].read()
-    except Exception as exc:
-        if not _missing(exc):
-            raise
+        if snapshot == "latest":
+            pointer = read_pointer(s3, store)
+            if pointer is None:
+                raise InvalidInputError(no_snapshot_message(store))
+            version = pointer.version
+        response = get_object_or_none(s3, store, store.manifest_key(version))
+    except StoreError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if response is None:
         raise InvalidInputError(
             f"snapshot version {version!r} not found (s3://{bucket}/{store.manifest_key(version)} "
             "does not exist); use 'latest' or a published version"
-        ) from None
+        )
+    source = store.url(store.manifest_key(version))
     try:
-        return Manifest.from_json(body, source=store.url(store.manifest_key(version))), version
+        return Manifest.from_json(response["Body"].read(), source=source), version
     except ManifestError as exc:
         raise InvalidInputError(str(exc)) from None
 

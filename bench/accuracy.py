@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ontosearch.bench.report import ACCURACY_TARGETS, REAL_WORLD_SETS, REAL_WORLD_TARGETS  # noqa: E402
+from ontosearch.confidence import CONFIDENCE_CLASSES  # noqa: E402
 from ontosearch.indexing import collection_name, index_ontology  # noqa: E402
 from ontosearch.matcher import match  # noqa: E402
 from ontosearch.ontologies import Ontology, load_ontology  # noqa: E402
@@ -144,6 +145,80 @@ def score(results: list[list[Any]], cases: list[Case]) -> dict[str, Any]:
     return {"n": n, "top1": top1 / n if n else 0.0, "top5": top5 / n if n else 0.0}
 
 
+def by_confidence(results: list[list[Any]], cases: list[Case]) -> dict[str, Any]:
+    """Top-1 precision per confidence class of the first match, and of the rows after the first.
+
+    What `ontosearch.confidence` promises: a label whose first match is of class C names the
+    expected term with the precision measured here; a row after the first almost never does.
+    """
+    classes: dict[str, dict[str, int]] = {name: {"n": 0, "correct": 0} for name in CONFIDENCE_CLASSES}
+    lower = {"n": 0, "correct": 0}
+    for found, case in zip(results, cases, strict=True):
+        if not found:
+            continue
+        first = classes.setdefault(found[0].confidence or "none", {"n": 0, "correct": 0})
+        first["n"] += 1
+        first["correct"] += found[0].term_id in case.expected
+        for later in found[1:]:
+            lower["n"] += 1
+            lower["correct"] += later.term_id in case.expected
+    return {**classes, "lower_ranks": lower}
+
+
+def pooled_confidence(report: dict[str, Any], sets: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per-class counts of the shipped mode summed over ontologies and the given sets (default:
+    the real-world sets, without the "-new" parts that repeat their rows)."""
+    wanted = set(sets) if sets is not None else {s for s in REAL_WORLD_SETS if not s.endswith(NEW_SUFFIX)}
+    total: dict[str, dict[str, Any]] = {}
+    for row in report["rows"]:
+        if row["mode"] != "matcher/synonyms" or row["set"] not in wanted:
+            continue
+        for name, counts in row.get("confidence", {}).items():
+            into = total.setdefault(name, {"n": 0, "correct": 0})
+            into["n"] += counts["n"]
+            into["correct"] += counts["correct"]
+    for counts in total.values():
+        counts["precision"] = counts["correct"] / counts["n"] if counts["n"] else None
+    return total
+
+
+def confidence_markdown(report: dict[str, Any]) -> str:
+    """The per-class precision tables: pooled (what `ontosearch.confidence` cites), then per set."""
+    spec = report["embedder"]
+    names = [*CONFIDENCE_CLASSES, "lower_ranks"]
+    lines = [
+        "# Confidence classes: measured top-1 precision",
+        "",
+        f"Measured {report.get('measured', '')} with `python bench/accuracy.py --modes matcher/synonyms "
+        f"--confidence-markdown ...`, embedder {spec['name']}, the shipped matcher. A class's precision is "
+        "the share of labels whose first match has that class and is the expected term; `lower_ranks` is "
+        "the share of rows after the first that are. `CLASS_PRECISION` in ontosearch/confidence.py holds "
+        "the pooled numbers.",
+        "",
+        "## Pooled over the real-world sets",
+        "",
+        "| ontologies | class | n | top-1 precision |",
+        "|---|---|---:|---:|",
+    ]
+    ontologies = sorted({row["ontology"] for row in report["rows"]})
+    pooled = pooled_confidence(report)
+    for name in names:
+        counts = pooled.get(name, {"n": 0, "precision": None})
+        shown = "" if counts["precision"] is None else f"{counts['precision']:.3f}"
+        lines.append(f"| {', '.join(ontologies)} | {name} | {counts['n']} | {shown} |")
+    lines += ["", "## Per ontology and set", "", "| ontology | set | " + " | ".join(names) + " |",
+              "|---|---|" + "---:|" * len(names)]
+    for row in report["rows"]:
+        if row["mode"] != "matcher/synonyms" or "confidence" not in row:
+            continue
+        cells = []
+        for name in names:
+            counts = row["confidence"].get(name, {"n": 0, "correct": 0})
+            cells.append(f"{counts['correct'] / counts['n']:.3f} (n={counts['n']})" if counts["n"] else "–")
+        lines.append(f"| {row['ontology']} | {row['set']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def failures(results: list[list[Any]], cases: list[Case]) -> list[dict[str, Any]]:
     out = []
     for found, case in zip(results, cases, strict=True):
@@ -202,6 +277,8 @@ def run(
                 elapsed = time.perf_counter() - started
                 row = {"ontology": name, "version": ontology.version, "set": set_name, "mode": mode,
                        **score(results, cases), "seconds": round(elapsed, 2)}
+                if mode == "matcher/synonyms":
+                    row["confidence"] = by_confidence(results, cases)
                 rows.append(row)
                 failed[f"{name}/{set_name}/{mode}"] = failures(results, cases)
         if isinstance(embedder, CachedEmbedder):
@@ -270,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the report (with failures) here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown report here")
     parser.add_argument("--failures", action="store_true", help="print the shipped mode's misses")
+    parser.add_argument("--confidence-markdown", type=Path, default=None,
+                        help="also write the top-1 precision per confidence class here")
     parser.add_argument(
         "--write-docs", action="store_true",
         help="also rewrite the accuracy table of docs/matching.md from this run (needs --json and the "
@@ -314,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n{key}: {len(misses)} misses")
                 for miss in misses:
                     print(f"  {miss['label']!r}: expected {miss['expected']}, got {miss['got']}")
+    if any("confidence" in row for row in report["rows"]):
+        print("\n" + confidence_markdown(report).split("## Per ontology", 1)[0].strip())
+    if args.confidence_markdown is not None:
+        args.confidence_markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.confidence_markdown.write_text(confidence_markdown(report) + "\n", encoding="utf-8")
+        print(f"wrote {args.confidence_markdown}", file=sys.stderr)
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(report) + "\n", encoding="utf-8")

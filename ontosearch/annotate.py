@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"rows matched per batch (default {DEFAULT_CHUNK_ROWS})")
     parser.add_argument("--max-label-chars", type=int, default=MAX_LABEL_CHARS,
                         help=f"longer labels get an error row (default {MAX_LABEL_CHARS})")
+    parser.add_argument("--min-confidence", metavar="CLASS", default=None,
+                        help="leave out matches weaker than CLASS (high, good, medium, low; see "
+                        "`confidence` in the output); a label left without any gets a status=no_match row")
     parser.add_argument("--quiet", action="store_true", help="no progress output (the summary still prints)")
     return parser
 
@@ -306,6 +309,14 @@ def run(args: argparse.Namespace) -> int:
         raise AnnotateError(f"--chunk-rows must be at least 1, got {args.chunk_rows}")
     if args.max_label_chars < 1:
         raise AnnotateError(f"--max-label-chars must be at least 1, got {args.max_label_chars}")
+    min_confidence = None
+    if args.min_confidence is not None:
+        from ontosearch.confidence import ConfidenceError, check_class
+
+        try:
+            min_confidence = check_class(args.min_confidence)
+        except ConfidenceError as exc:
+            raise AnnotateError(f"--min-confidence: {exc}") from None
     # Check the input before any slow setup, so a typo fails at once.
     rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
     first = next(rows, None)  # a --column missing from the header raises here
@@ -333,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(desc="annotating", unit="label", file=sys.stderr, disable=None)
     try:
         with _output(args.output) as handle:
-            writer = ResultWriter(handle, ontology=ontology)
+            writer = ResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
             failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar,
                                      embedder=embedder)
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +34,8 @@ MAX_LINE_CHARS = 1 << 20
 ECHO_CHARS = 200
 
 RESULT_COLUMNS = (
-    "input", "ontology", "rank", "term_id", "term_label", "score", "match_type", "status", "error",
+    "input", "ontology", "rank", "term_id", "term_label", "score", "match_type", "confidence", "status",
+    "error",
 )
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -276,18 +277,87 @@ def _field(match: Any, name: str, default: Any = None) -> Any:
     return getattr(match, name) if default is None else getattr(match, name, default)
 
 
-class ResultWriter:
-    """Writes result rows as CSV and counts them; one instance per output file."""
+def result_lines(
+    label: str | None,
+    ontology: str,
+    error: str | None,
+    matches: Iterable[Any] = (),
+    min_confidence: str | None = None,
+) -> tuple[str, list[list[Any]]]:
+    """The output lines (RESULT_COLUMNS) of one input row, and which count it adds to
+    ("annotated", "errors" or "no_match"): one line per match, or one error / no_match line.
 
-    def __init__(self, handle: IO[str], ontology: str = "", header: bool = True) -> None:
+    `matches` may be a matcher `Answer`: its status "error" makes the error line (with its reason),
+    "consider" marks its lines and gives them its reason. With `min_confidence`, matches weaker than
+    that class are left out; a row left without any gets a no_match line naming its best match.
+    Every output format (CSV, Parquet, SSSOM) is written from these lines, so all say the same.
+    """
+    from ontosearch.confidence import at_least
+
+    text = label or ""
+    status = getattr(matches, "status", STATUS_OK)
+    if error is None and status == STATUS_ERROR:
+        error = getattr(matches, "reason", "") or "no term for this label"
+    if error is not None:
+        return "errors", [[text, ontology, "", "", "", "", "", "", STATUS_ERROR, error]]
+    note = getattr(matches, "reason", "") if status == STATUS_CONSIDER else ""
+    found = list(matches)
+    kept = found if min_confidence is None else [
+        m for m in found if at_least(_field(m, "confidence", ""), min_confidence)
+    ]
+    if not kept:
+        reason = "no term found"
+        if found:
+            best = found[0]
+            how = _field(best, "match_type", "") or "match"
+            sure = _field(best, "confidence", "") or "low"
+            reason = (
+                f"best match {_field(best, 'term_id')} {_field(best, 'term_label')!r} ({how}, confidence "
+                f"{sure}) is below the minimum confidence {min_confidence}"
+            )
+        return "no_match", [[text, ontology, "", "", "", "", "", "", STATUS_NO_MATCH, reason]]
+    return "annotated", [
+        [
+            text,
+            ontology,
+            _field(m, "rank"),
+            _field(m, "term_id"),
+            _field(m, "term_label"),
+            f"{float(_field(m, 'score')):.4f}",
+            _field(m, "match_type", ""),
+            _field(m, "confidence", ""),
+            status,
+            note,
+        ]
+        for m in kept
+    ]
+
+
+class ResultWriter:
+    """Writes result rows as CSV and counts them; one instance per output file.
+
+    `extra_columns` are appended to RESULT_COLUMNS and `write` then takes their values per input
+    row (the AnnData path adds `n_rows`, how many cells carry the label).
+    """
+
+    def __init__(
+        self,
+        handle: IO[str],
+        ontology: str = "",
+        header: bool = True,
+        min_confidence: str | None = None,
+        extra_columns: tuple[str, ...] = (),
+    ) -> None:
         self._minimal = csv.writer(handle, lineterminator="\n")
         # The csv module quotes only the delimiter, the quote character and the line terminator's
         # characters; a bare CR in a label would split its row when read back, so such rows are quoted.
         self._quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self.ontology = ontology
+        self.min_confidence = min_confidence
+        self.extra_columns = tuple(extra_columns)
         self.counts = {"rows": 0, "annotated": 0, "errors": 0, "no_match": 0}
         if header:
-            self._minimal.writerow(RESULT_COLUMNS)
+            self._minimal.writerow(RESULT_COLUMNS + self.extra_columns)
 
     def _writerows(self, lines: list[list[Any]]) -> None:
         if any("\r" in str(field) for line in lines for field in line):
@@ -295,41 +365,16 @@ class ResultWriter:
         else:
             self._minimal.writerows(lines)
 
-    def write(self, row: int, label: str | None, error: str | None, matches: Iterable[Any] = ()) -> None:
-        """All output lines of one input row: one per match, or one error / no_match line.
-
-        `matches` may be a matcher `Answer`: its status "error" makes the error line (with its
-        reason), "consider" marks its lines and gives them its reason.
-        """
-        text = label or ""
+    def write(
+        self, row: int, label: str | None, error: str | None, matches: Iterable[Any] = (),
+        extra: Sequence[Any] = (),
+    ) -> None:
+        """All output lines of one input row (see `result_lines`)."""
+        kind, lines = result_lines(label, self.ontology, error, matches, self.min_confidence)
         self.counts["rows"] += 1
-        status = getattr(matches, "status", STATUS_OK)
-        if error is None and status == STATUS_ERROR:
-            error = getattr(matches, "reason", "") or "no term for this label"
-        if error is not None:
-            self.counts["errors"] += 1
-            self._writerows([[text, self.ontology, "", "", "", "", "", STATUS_ERROR, error]])
-            return
-        note = getattr(matches, "reason", "") if status == STATUS_CONSIDER else ""
-        lines = [
-            [
-                text,
-                self.ontology,
-                _field(m, "rank"),
-                _field(m, "term_id"),
-                _field(m, "term_label"),
-                f"{float(_field(m, 'score')):.4f}",
-                _field(m, "match_type", ""),
-                status,
-                note,
-            ]
-            for m in matches
-        ]
-        if not lines:
-            self.counts["no_match"] += 1
-            self._writerows([[text, self.ontology, "", "", "", "", "", STATUS_NO_MATCH, "no term found"]])
-            return
-        self.counts["annotated"] += 1
+        self.counts[kind] += 1
+        if self.extra_columns:
+            lines = [[*line, *extra] for line in lines]
         self._writerows(lines)
 
 
@@ -338,9 +383,10 @@ def write_rows(
     rows: Iterable[tuple[int, str | None, str | None, Iterable[Any]]],
     ontology: str = "",
     header: bool = True,
+    min_confidence: str | None = None,
 ) -> dict[str, int]:
     """Write `(row, label, error, matches)` tuples as result CSV; returns rows/annotated/errors/no_match."""
-    writer = ResultWriter(handle, ontology=ontology, header=header)
+    writer = ResultWriter(handle, ontology=ontology, header=header, min_confidence=min_confidence)
     for row, label, error, matches in rows:
         writer.write(row, label, error, matches)
     return writer.counts

@@ -14,7 +14,8 @@ Order of evidence, per label (each term appears once, at its best evidence):
    a parent found among the candidates with nearly the same similarity is moved above its child.
 
 Scores never increase with rank (a vector hit ranked below an abbreviation hit is capped at 0.9).
-Each match says how it was found (`match_type`: label, synonym, alias, abbreviation or vector).
+Each match says how it was found (`match_type`: label, synonym, alias, abbreviation or vector)
+and how sure it is (`confidence`: high, good, medium, low; calibrated in `ontosearch.confidence`).
 
 A label that is an ontology id (`CL:0000236`, `CL_0000236`, the OBO PURL) is looked up instead of
 matched (`ontosearch.term_ids`): match_type `id`, or `replaced_id` for an obsolete id's replacement.
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ontosearch.aliases import expand_abbreviations
+from ontosearch.confidence import HIGH, classify
 from ontosearch.label_io import STATUS_CONSIDER, STATUS_ERROR, STATUS_OK
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys, rewrite_label
 from ontosearch.ontologies import _PREFIXES as ONTOLOGY_PREFIXES
@@ -97,7 +99,7 @@ class Match:
     matched_text: str
     rank: int  # 1-based
     match_type: str = "vector"  # one of MATCH_TYPES
-    confidence: str = ""
+    confidence: str = ""  # one of confidence.CONFIDENCE_CLASSES (calibrated there)
 
 
 class Answer(list):
@@ -279,7 +281,8 @@ class Matcher:
             if not curie.startswith(own):
                 out[label] = Answer(status=STATUS_ERROR, reason=_foreign_id_reason(curie, ontology))
             elif curie in live:
-                out[label] = Answer([Match(curie, live[curie][0]["label"], EXACT_SCORE, label, 1, "id")])
+                term_label = live[curie][0]["label"]
+                out[label] = Answer([Match(curie, term_label, EXACT_SCORE, label, 1, "id", HIGH)])
             else:
                 plan = _obsolete_plan(ontology, self._version, curie, top_k)
                 if isinstance(plan, Answer):
@@ -293,8 +296,10 @@ class Matcher:
                 reason = f"{reason}, which this collection does not hold"
                 out[label] = Answer(status=STATUS_ERROR, reason=reason)
                 continue
+            suggested = status == STATUS_CONSIDER
             matches = [
-                Match(term_id, found[term_id][0]["label"], EXACT_SCORE, label, rank, "replaced_id")
+                Match(term_id, found[term_id][0]["label"], EXACT_SCORE, label, rank, "replaced_id",
+                      classify("replaced_id", rank, 1.0, suggested=suggested))
                 for rank, term_id in enumerate(present, start=1)
             ]
             out[label] = Answer(matches, status, reason if status == STATUS_CONSIDER else "")
@@ -370,8 +375,10 @@ class Matcher:
             source = source_of[label]
             abbreviated = abbr_hits.get(abbreviations[label] or "", [])
             ranked = _rank(keys[label], hits, abbreviated, vectors[source], candidates[source])
+            # The margin to the runner-up, from the full ranking so it does not depend on top_k.
+            gap = ranked[0][2] - ranked[1][2] if len(ranked) > 1 else 1.0
             found[label] = Answer([
-                Match(term_id, term_label, score, text, rank, match_type)
+                Match(term_id, term_label, score, text, rank, match_type, classify(match_type, rank, gap))
                 for rank, (term_id, term_label, score, text, match_type) in enumerate(ranked[:top_k], start=1)
             ])
         return found

@@ -175,9 +175,9 @@ def test_writer_emits_one_line_per_rank_or_one_error_line_and_counts() -> None:
     out = io.StringIO()
     matches = [
         {"rank": 1, "term_id": "CL:0000182", "term_label": "hepatocyte", "score": 1.0,
-         "match_type": "synonym"},
+         "match_type": "synonym", "confidence": "good"},
         {"rank": 2, "term_id": "CL:0019026", "term_label": "periportal region hepatocyte", "score": 0.66912,
-         "match_type": "vector"},
+         "match_type": "vector", "confidence": "low"},
     ]
     counts = write_rows(out, [
         (1, "hepatocytes", None, matches),
@@ -188,11 +188,11 @@ def test_writer_emits_one_line_per_rank_or_one_error_line_and_counts() -> None:
     table = list(csv.reader(io.StringIO(out.getvalue())))
     assert tuple(table[0]) == RESULT_COLUMNS
     assert table[1:] == [
-        ["hepatocytes", "cl", "1", "CL:0000182", "hepatocyte", "1.0000", "synonym", "ok", ""],
-        ["hepatocytes", "cl", "2", "CL:0019026", "periportal region hepatocyte", "0.6691", "vector", "ok",
-         ""],
-        ["", "cl", "", "", "", "", "", "error", "empty label"],
-        ["zzz", "cl", "", "", "", "", "", "no_match", "no term found"],
+        ["hepatocytes", "cl", "1", "CL:0000182", "hepatocyte", "1.0000", "synonym", "good", "ok", ""],
+        ["hepatocytes", "cl", "2", "CL:0019026", "periportal region hepatocyte", "0.6691", "vector", "low",
+         "ok", ""],
+        ["", "cl", "", "", "", "", "", "", "error", "empty label"],
+        ["zzz", "cl", "", "", "", "", "", "", "no_match", "no term found"],
     ]
 
 
@@ -200,4 +200,4 @@ def test_writer_without_header_for_parts_that_are_concatenated() -> None:
     out = io.StringIO()
     writer = ResultWriter(out, ontology="mondo", header=False)
     writer.write(7, "asthma", "matching failed: server down")
-    assert out.getvalue() == "asthma,mondo,,,,,,error,matching failed: server down\n"
+    assert out.getvalue() == "asthma,mondo,,,,,,,error,matching failed: server down\n"

@@ -66,8 +66,8 @@ def test_a_live_id_comes_back_as_its_term(matcher: Matcher) -> None:
     forms = ["CL:0000236", "CL_0000236", "http://purl.obolibrary.org/obo/CL_0000236"]
     for form, answer in zip(forms, matcher.match(forms, top_k=3), strict=True):
         assert answer.status == "ok"
-        assert [(m.term_id, m.term_label, m.match_type, m.rank) for m in answer] == [
-            ("CL:0000236", "B cell", "id", 1)
+        assert [(m.term_id, m.term_label, m.match_type, m.rank, m.confidence) for m in answer] == [
+            ("CL:0000236", "B cell", "id", 1, "high")
         ], form
         assert answer[0].matched_text == form
 
@@ -77,8 +77,8 @@ def test_an_obsolete_id_comes_back_as_its_replacement(matcher: Matcher) -> None:
     assert obsolete_terms("cl", matcher._version)["CL:0000054"].replaced_by == "CL:0000062"
     [answer] = matcher.match(["CL:0000054"])
     assert answer.status == "ok"
-    got = [(m.term_id, m.term_label, m.match_type) for m in answer]
-    assert got == [("CL:0000062", "osteoblast", "replaced_id")]
+    got = [(m.term_id, m.term_label, m.match_type, m.confidence) for m in answer]
+    assert got == [("CL:0000062", "osteoblast", "replaced_id", "high")]
 
 
 def test_an_obsolete_id_with_only_consider_terms_gives_them_ranked_with_a_status(matcher: Matcher) -> None:
@@ -89,8 +89,8 @@ def test_an_obsolete_id_with_only_consider_terms_gives_them_ranked_with_a_status
     assert table["CL:0000003"].replaced_by == "CL:0000000"  # itself obsolete: counted once, as cell
     [answer] = matcher.match(["CL:0000004"], top_k=5)
     assert answer.status == "consider"
-    assert [(m.rank, m.term_id, m.match_type) for m in answer] == [
-        (1, "CL:0000000", "replaced_id"), (2, "CL:0001034", "replaced_id")]
+    assert [(m.rank, m.term_id, m.match_type, m.confidence) for m in answer] == [
+        (1, "CL:0000000", "replaced_id", "medium"), (2, "CL:0001034", "replaced_id", "low")]
     assert "CL:0000004" in answer.reason and "obsolete" in answer.reason and "CL:0001034" in answer.reason
 
 

@@ -1,9 +1,15 @@
 // Runs one execution of a state machine definition with aws-local-stepfunctions, every Task state
 // bound to a local HTTP bridge (ontosearch.workflow.local), which runs the project's real handler
-// code for it. Reads {definition, input, context, bridge} as JSON on stdin; writes state events as
-// JSON lines to stderr and one JSON result line to stdout:
+// code for it; a Distributed Map's ItemReader and ResultWriter go to the same bridge
+// (asl/distributed_map.mjs). Reads {definition, input, context, bridge} as JSON on stdin; writes
+// state events as JSON lines to stderr and one JSON result line to stdout:
 //   {"status": "SUCCEEDED", "output": ...} | {"status": "FAILED"|"TIMED_OUT", "error": ..., "cause": ...}
+// Each StateEntered / StateExited event carries the byte size of the state's input / output as
+// Step Functions counts it (the JSON text, UTF-8), for the 256 KiB limit checks.
 import http from 'node:http';
+import { register } from 'node:module';
+
+import { bindDistributedMap } from './distributed_map.mjs';
 
 // aws-local-stepfunctions asks for Node >= 22 only for Promise.withResolvers.
 if (typeof Promise.withResolvers !== 'function') {
@@ -18,7 +24,9 @@ if (typeof Promise.withResolvers !== 'function') {
   };
 }
 
-const { StateMachine, ExecutionTimeoutError, ExecutionError } = await import('aws-local-stepfunctions');
+register('./expose_internals.mjs', import.meta.url);
+const library = await import('aws-local-stepfunctions');
+const { StateMachine, ExecutionTimeoutError, ExecutionError } = library;
 
 async function readStdin() {
   const chunks = [];
@@ -85,16 +93,27 @@ function emit(line) {
   process.stderr.write(`${JSON.stringify(line)}\n`);
 }
 
+function byteSize(value) {
+  return value === undefined ? 0 : Buffer.byteLength(JSON.stringify(value), 'utf8');
+}
+
+const FORWARDED = new Set(['StateEntered', 'StateExited', 'StateFailed', 'StateRetried', 'StateCaught',
+  'MapIterationFailed', 'MapRunStarted', 'MapRunSucceeded', 'MapRunFailed']);
+
 async function forwardEvents(events) {
   for await (const event of events) {
-    if (event.type === 'StateEntered' || event.type === 'StateFailed' || event.type === 'StateRetried'
-        || event.type === 'StateCaught' || event.type === 'MapIterationFailed') {
+    if (FORWARDED.has(event.type)) {
       emit({
         event: event.type,
         state: event.state?.name,
         index: event.index,
+        child: event.childExecution,
         error: event.Error ?? event.error,
         cause: event.Cause ?? event.cause,
+        inputBytes: event.type === 'StateEntered' ? byteSize(event.state?.input) : undefined,
+        outputBytes: event.type === 'StateExited' ? byteSize(event.state?.output) : undefined,
+        mapRunArn: event.mapRunArn,
+        items: event.items,
       });
     }
   }
@@ -102,6 +121,12 @@ async function forwardEvents(events) {
 
 const job = await readStdin();
 taskToken = job.context?.Task?.Token ?? null;
+bindDistributedMap({
+  MapStateAction: library.__MapStateAction,
+  processPayloadTemplate: library.__processPayloadTemplate,
+  StateMachine,
+  bridgeCall: (path, body) => post(`${job.bridge}${path}`, body),
+});
 const handlers = Object.fromEntries(
   Object.entries(taskStates(job.definition.States)).map(([name, state]) => [name, bridgeHandler(job.bridge, name, state)]),
 );

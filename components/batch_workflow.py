@@ -16,7 +16,9 @@ Least privilege, checked by tests on the synthesized policies:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,7 @@ from components.task_definition import (
 )
 from ontosearch import constants as c
 from ontosearch.workflow import definition as wd
+from ontosearch.workflow import steps as ws
 
 LAMBDA_DOCKERFILE = "lambdas/Dockerfile"
 STEPS = ("validate", "split", "query", "merge", "save")
@@ -62,7 +65,9 @@ class BatchWorkflowArgs(ChromaTaskArgs):
 
 # Stack config keys of this component (components.config.EXTRA_KEYS) -> BatchWorkflowArgs fields.
 CONFIG_KEYS = {
-    "mapConcurrency": ("map_concurrency", 1, 40),
+    # child executions at a time; the one task's Chroma serves them all, and Lambda's default
+    # regional concurrency is 1,000 (https://docs.aws.amazon.com/lambda/latest/dg/lambda-concurrency.html)
+    "mapConcurrency": ("map_concurrency", 1, 1000),
     "workflowTimeoutSeconds": ("workflow_timeout_seconds", 60, 86400),
     # StartTask's TimeoutSeconds: above its HeartbeatSeconds (ASL requires it) with a minute to spare
     "readyTimeoutSeconds": ("ready_timeout_seconds", wd.START_HEARTBEAT_SECONDS + 60, 3600),
@@ -165,8 +170,64 @@ def _task_definition_family_arn(task_definition_arn: str) -> str:
     return task_definition_arn.rsplit(":", 1)[0] + ":*"
 
 
+# Step Functions names: 1-80 characters, no whitespace, brackets, wildcards or special characters
+# (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html, "General quotas").
+STATE_MACHINE_NAME_MAX = 80
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def state_machine_name(project: str, stack: str) -> str:
+    """The state machine's explicit name: its role policy names the machine's own ARN (Distributed
+    Map child executions), and a resource cannot read its own output in its inputs, so the ARN is
+    built from region, account and this name. Too long a name keeps its start and a hash."""
+    name = _NAME_UNSAFE.sub("-", f"{project}-{stack}-batch")
+    if len(name) > STATE_MACHINE_NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        name = f"{name[:STATE_MACHINE_NAME_MAX - 9]}-{digest}"
+    return name
+
+
+def state_machine_arn_in(cluster_arn: str, name: str) -> str:
+    """arn:<partition>:states:<region>:<account>:stateMachine:<name>, in the cluster's partition,
+    region and account (where the stack creates the machine)."""
+    _, partition, _, region, account = cluster_arn.split(":")[:5]
+    return f"arn:{partition}:states:{region}:{account}:stateMachine:{name}"
+
+
+def distributed_map_statements(state_machine_arn: str, bucket_arn: str) -> list[dict]:
+    """What the QueryChunks Distributed Map needs besides its children's own calls.
+
+    From "IAM policies for using Distributed Map states"
+    (https://docs.aws.amazon.com/step-functions/latest/dg/iam-policies-eg-dist-map.html):
+    StartExecution on the machine itself (child executions are executions of this machine) and
+    DescribeExecution/StopExecution on them (ARNs execution:<machine>/<map run label>:<id>);
+    s3:GetObject on the ItemReader's object; for the ResultWriter s3:PutObject with the multipart
+    actions it uses (s3:GetObject, s3:ListMultipartUploadParts, s3:AbortMultipartUpload) on its
+    prefix. The children's RecordChunkFailure and the parent's ReadChunkFailure put and get one
+    object per execution.
+    """
+    arn_head = state_machine_arn.split(":stateMachine:")[0]
+    machine = state_machine_arn.rsplit(":", 1)[-1]
+    work = f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"
+    return [
+        {"Sid": "StartItsChildExecutions", "Effect": "Allow", "Action": "states:StartExecution",
+         "Resource": state_machine_arn},
+        {"Sid": "DescribeAndStopItsChildExecutions", "Effect": "Allow",
+         "Action": ["states:DescribeExecution", "states:StopExecution"],
+         "Resource": f"{arn_head}:execution:{machine}/*"},
+        {"Sid": "ReadTheChunkManifest", "Effect": "Allow", "Action": "s3:GetObject",
+         "Resource": f"{work}/{ws.CHUNK_MANIFEST_NAME}"},
+        {"Sid": "WriteTheMapRunResults", "Effect": "Allow",
+         "Action": ["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"],
+         "Resource": f"{work}/{ws.MAP_RESULTS_NAME}/*"},
+        {"Sid": "RecordAndReadAChunkFailure", "Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"],
+         "Resource": f"{work}/{ws.CHUNK_FAILURE_NAME}"},
+    ]
+
+
 def state_machine_policy(cluster_arn: str, task_definition_arn: str, role_arns: Sequence[str],
-                         function_arns: Sequence[str]) -> str:
+                         function_arns: Sequence[str], *, state_machine_arn: str | None = None,
+                         bucket_arn: str | None = None) -> str:
     region_account = ":".join(cluster_arn.split(":")[3:5])
     tasks_in_cluster = f"arn:aws:ecs:{region_account}:task/{_cluster_name(cluster_arn)}/*"
     on_cluster = {"ArnEquals": {"ecs:cluster": cluster_arn}}
@@ -189,6 +250,8 @@ def state_machine_policy(cluster_arn: str, task_definition_arn: str, role_arns: 
          "Condition": on_cluster},
         {"Sid": "InvokeItsLambdas", "Effect": "Allow", "Action": "lambda:InvokeFunction",
          "Resource": [*function_arns, *(f"{arn}:*" for arn in function_arns)]},
+        *(distributed_map_statements(state_machine_arn, bucket_arn)
+          if state_machine_arn and bucket_arn else []),
     )
 
 
@@ -342,14 +405,18 @@ class BatchWorkflow(pulumi.ComponentResource):
             f"{name}-sfn-role", description="ontosearch batch state machine",
             assume_role_policy=account_id.apply(lambda a: assume_role_policy("states.amazonaws.com", a)),
             opts=child)
+        machine_name = state_machine_name(pulumi.get_project(), pulumi.get_stack())
         sfn_policy = aws.iam.RolePolicy(
             f"{name}-sfn-policy", role=sfn_role.id,
             policy=pulumi.Output.all(args.cluster_arn, task_definition.arn, task_role.arn, execution_role.arn,
-                                     *(functions[s].arn for s in STEPS)).apply(
-                lambda v: state_machine_policy(v[0], v[1], [v[2], v[3]], v[4:])),
+                                     args.bucket_arn, *(functions[s].arn for s in STEPS)).apply(
+                lambda v: state_machine_policy(v[0], v[1], [v[2], v[3]], v[5:],
+                                               state_machine_arn=state_machine_arn_in(v[0], machine_name),
+                                               bucket_arn=v[4])),
             opts=child)
         machine = aws.sfn.StateMachine(
-            f"{name}-machine", role_arn=sfn_role.arn, definition=self.definition, type="STANDARD",
+            f"{name}-machine", name=machine_name, role_arn=sfn_role.arn, definition=self.definition,
+            type="STANDARD",
             # an execution started right after `up` must find the role's permissions in place
             opts=pulumi.ResourceOptions(parent=self, depends_on=[sfn_policy]))
 

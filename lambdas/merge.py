@@ -10,4 +10,4 @@ from ontosearch.workflow import steps
 
 
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    return steps.merge(event["job"], event["execution"], event["chunks"], boto3.client("s3"))
+    return steps.merge(event["job"], event["execution"], boto3.client("s3"), event.get("manifest"))

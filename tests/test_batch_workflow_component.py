@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 
 import pytest
 from pulumi_harness import (
@@ -15,8 +17,10 @@ from pulumi_harness import (
     synth_with,
 )
 
+from components.synth import MOCK_ACCOUNT
 from ontosearch import constants as c
 from ontosearch.workflow import definition as wd
+from ontosearch.workflow import steps
 
 STEPS = ("validate", "split", "query", "merge", "save")
 SFN = "aws:sfn/stateMachine:StateMachine"
@@ -105,7 +109,11 @@ def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stac
         for action in as_list(st["Action"]):
             by_action.setdefault(action, []).append(st)
     assert set(by_action) == {"ecs:RunTask", "iam:PassRole", "ecs:TagResource", "ecs:StopTask",
-                              "ecs:ListTasks", "lambda:InvokeFunction"}
+                              "ecs:ListTasks", "lambda:InvokeFunction",
+                              # the QueryChunks Distributed Map (distributed_map_statements)
+                              "states:StartExecution", "states:DescribeExecution", "states:StopExecution",
+                              "s3:GetObject", "s3:PutObject", "s3:ListMultipartUploadParts",
+                              "s3:AbortMultipartUpload"}
     (run,) = by_action["ecs:RunTask"]
     assert run["Resource"] == task_def.rsplit(":", 1)[0] + ":*"
     assert run["Condition"] == {"ArnEquals": {"ecs:cluster": cluster}}
@@ -123,6 +131,49 @@ def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stac
     assert tag["Condition"] == {"StringEquals": {"ecs:CreateAction": "RunTask"}}
     (invoke,) = by_action["lambda:InvokeFunction"]
     assert {r.removesuffix(":*") for r in as_list(invoke["Resource"])} == functions
+
+
+def test_the_distributed_map_may_run_its_children_and_reach_only_its_s3_objects(stack) -> None:
+    """IAM policies for using Distributed Map states
+    (https://docs.aws.amazon.com/step-functions/latest/dg/iam-policies-eg-dist-map.html): StartExecution
+    on the machine itself, Describe/StopExecution on its child executions, s3:GetObject on the
+    ItemReader's object, PutObject + multipart actions on the ResultWriter's prefix."""
+    _, result = stack
+    machine = result.one(SFN)
+    name = machine.raw_inputs["name"]
+    # Step Functions names: 1-80 characters (service-quotas.html, "General quotas")
+    assert 1 <= len(name) <= 80 and re.fullmatch(r"[A-Za-z0-9_-]+", name)
+    # the machine's own ARN, as Step Functions forms it: arn:aws:states:<region>:<account>:stateMachine:<name>
+    machine_arn = f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:stateMachine:{name}"
+    bucket = arn(result, "aws:s3/bucket:Bucket")
+    work = f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"
+    grants = {(action, resource) for st in statements(policy(result, "batch-sfn-policy"))
+              for action in as_list(st["Action"]) for resource in as_list(st["Resource"])
+              if action.startswith(("states:", "s3:"))}
+    assert grants == {
+        ("states:StartExecution", machine_arn),
+        ("states:DescribeExecution", f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:execution:{name}/*"),
+        ("states:StopExecution", f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:execution:{name}/*"),
+        ("s3:GetObject", f"{work}/{steps.CHUNK_MANIFEST_NAME}"),
+        *((action, f"{work}/{steps.MAP_RESULTS_NAME}/*") for action in
+          ("s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload")),
+        ("s3:PutObject", f"{work}/{steps.CHUNK_FAILURE_NAME}"),
+        ("s3:GetObject", f"{work}/{steps.CHUNK_FAILURE_NAME}"),
+    }
+    # the keys the steps use fall under those grants (IAM's * matches any characters)
+    for key in (steps.chunk_manifest_key("e-1"), steps.chunk_failure_key("e-1"),
+                steps.map_results_prefix("e-1") + "/run-id/manifest.json"):
+        assert any(fnmatch.fnmatchcase(f"{bucket}/{key}", r) for _, r in grants), key
+
+
+def test_a_long_stack_name_still_gives_a_valid_state_machine_name() -> None:
+    from components.batch_workflow import state_machine_name
+
+    assert state_machine_name("ontosearch", "dev") == "ontosearch-dev-batch"
+    long = state_machine_name("ontosearch", "x" * 100)
+    assert len(long) == 80 and re.fullmatch(r"[A-Za-z0-9_-]+", long)
+    assert long != state_machine_name("ontosearch", "x" * 101)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", state_machine_name("my.project", "team/dev"))
 
 
 def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the_secret(stack) -> None:

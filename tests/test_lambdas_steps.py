@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 import boto3
 import pytest
@@ -39,10 +40,14 @@ def test_split_keeps_every_row_with_its_number_and_reader_error(s3) -> None:
     body = b"id,name\n1,T cell\n2,\n3,hepatocyte\n4,B cell\n5,x\n"
     s3.put_object(Bucket=BUCKET, Key="inputs/l.csv", Body=body)
     result = split_lambda.handler({"job": job("inputs/l.csv", "csv", column="name"), "execution": "e1"})
-    assert result["rows"] == 5
-    assert [c["rows"] for c in result["chunks"]] == [2, 2, 1]
-    assert [c["key"] for c in result["chunks"]] == [steps.chunk_key("e1", i) for i in range(3)]
-    rows = [r for c in result["chunks"] for r in steps.read_chunk(s3, BUCKET, c["key"])]
+    assert result == {"manifest": steps.chunk_manifest_key("e1"), "chunks": 3, "rows": 5,
+                      "results_prefix": steps.map_results_prefix("e1"),
+                      "failure_key": steps.chunk_failure_key("e1")}
+    chunks = list(steps.read_manifest(s3, BUCKET, result["manifest"]))
+    assert [c["index"] for c in chunks] == [0, 1, 2]
+    assert [c["rows"] for c in chunks] == [2, 2, 1]
+    assert [c["key"] for c in chunks] == [steps.chunk_key("e1", i) for i in range(3)]
+    rows = [r for c in chunks for r in steps.read_chunk(s3, BUCKET, c["key"])]
     assert [r["row"] for r in rows] == [1, 2, 3, 4, 5]
     assert rows[0]["label"] == "T cell" and rows[0]["error"] is None
     assert rows[1]["error"]  # the empty label is kept as an error row, not dropped
@@ -65,17 +70,34 @@ def test_a_chunk_of_only_error_rows_needs_no_server_and_a_retry_overwrites_its_p
     assert [o["Key"] for o in listed] == [steps.part_key("e2", 0)]
 
 
+def put_manifest(s3, execution: str, chunks: list[dict]) -> str:
+    key = steps.chunk_manifest_key(execution)
+    s3.put_object(Bucket=BUCKET, Key=key, Body="".join(json.dumps(c) + "\n" for c in chunks).encode())
+    return key
+
+
 def test_merge_refuses_missing_parts_naming_them(s3) -> None:
     chunks = [{"index": 0, "key": "k0", "rows": 1}, {"index": 1, "key": "k1", "rows": 1}]
+    manifest = put_manifest(s3, "e3", chunks)
     s3.put_object(Bucket=BUCKET, Key=steps.part_key("e3", 0), Body=b"input,ontology\nx,cl\n",
                   Metadata={"rows": "1", "annotated": "1", "errors": "0"})
     with pytest.raises(MergeError, match="parts/00001.csv"):
-        merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e3", "chunks": chunks})
+        merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e3", "manifest": manifest})
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="results/")
 
 
+def test_merge_reads_only_its_own_executions_manifest(s3) -> None:
+    other = put_manifest(s3, "someone-else", [])
+    with pytest.raises(MergeError, match="not this execution's"):
+        merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e5", "manifest": other})
+    with pytest.raises(MergeError, match="chunk manifest .* is missing"):
+        merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e5",
+                              "manifest": steps.chunk_manifest_key("e5")})
+
+
 def test_merge_of_an_empty_input_writes_the_header_and_zero_counts(s3) -> None:
-    out = merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e4", "chunks": []})
+    manifest = put_manifest(s3, "e4", [])
+    out = merge_lambda.handler({"job": job("inputs/x.txt", "txt"), "execution": "e4", "manifest": manifest})
     assert out == {"output": f"s3://{BUCKET}/results/e4/annotations.csv", "rows": 0, "annotated": 0,
                    "errors": 0}
     text = s3.get_object(Bucket=BUCKET, Key="results/e4/annotations.csv")["Body"].read().decode()

@@ -124,8 +124,18 @@ def test_every_state_after_the_task_starts_is_caught_and_stops_the_task(definiti
         if state["Type"] in {"Task", "Map", "Parallel"}:
             catches = state.get("Catch", [])
             assert catches and catches[0]["ErrorEquals"] == ["States.ALL"], name
+            if name == "QueryChunks":  # first the error a failed chunk recorded, then the same path
+                assert catches[0] == {"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
+                                      "Next": "ReadChunkFailure"}
+                continue
+            if name == "ReadChunkFailure":  # no recorded error: the Map's own error goes on as it is
+                assert catches[0]["Next"] == "ExplainFailure" and catches[0]["ResultPath"] is None
+                continue
             assert catches[0]["Next"] == "ExplainFailure", name
             assert catches[0]["ResultPath"] == "$.error", name
+    # a recorded chunk error replaces the Map's, and then takes the failure path
+    assert states["ReadChunkFailure"]["Next"] == "UseChunkFailure"
+    assert states["UseChunkFailure"]["Next"] == "ExplainFailure"
     # the failure path stops the task whatever the cause looks like, and never reaches Done
     explain = reachable(states, "ExplainFailure")
     assert "StopTaskAfterFailure" in explain and "Done" not in explain
@@ -196,16 +206,99 @@ def test_start_heartbeat_is_below_the_start_timeout_and_covers_a_cold_fargate_st
 def test_map_concurrency_comes_from_settings_and_chunk_queries_retry_transient_errors(definition) -> None:
     mapping = definition["States"]["QueryChunks"]
     assert mapping["MaxConcurrency"] == 7
-    assert mapping["ItemProcessor"]["ProcessorConfig"]["Mode"] == "INLINE"
+    assert mapping["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
     query = mapping["ItemProcessor"]["States"]["QueryChunk"]
     retried = {e for r in query["Retry"] for e in r["ErrorEquals"]}
     assert {"ChromaUnavailableError", "Lambda.TooManyRequestsException"} <= retried
     assert "ChromaAuthError" not in retried and "States.ALL" not in retried
 
 
+def test_chunks_are_queried_by_a_distributed_map_that_reads_and_writes_s3(definition) -> None:
+    """Issue 11 point 6: no state grows with the input. The Map reads its items from the manifest
+    Split wrote (ItemReader), runs one STANDARD child execution per chunk and writes their
+    results to S3 (ResultWriter), keeping none of them in the state."""
+    mapping = definition["States"]["QueryChunks"]
+    assert mapping["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert "ItemsPath" not in mapping
+    reader = mapping["ItemReader"]
+    assert reader["Resource"] == "arn:aws:states:::s3:getObject"
+    # InputType values the service accepts
+    # (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html)
+    assert reader["ReaderConfig"]["InputType"] in {"CSV", "JSON", "JSONL", "PARQUET", "MANIFEST"}
+    assert reader["ReaderConfig"]["InputType"] == "JSONL"  # what steps.split writes: one chunk a line
+    assert reader["Parameters"] == {"Bucket.$": "$.job.bucket", "Key.$": "$.split.manifest"}
+    writer = mapping["ResultWriter"]
+    assert writer["Resource"] == "arn:aws:states:::s3:putObject"
+    # ResultWriter Parameters: Bucket and Prefix
+    # (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-resultwriter.html)
+    assert set(writer["Parameters"]) == {"Bucket.$", "Prefix.$"}
+    assert mapping["ResultPath"] is None
+    assert mapping["ToleratedFailurePercentage"] == 0
+    # Label: at most 40 characters, no whitespace or special characters
+    # (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html)
+    assert len(mapping["Label"]) <= 40 and mapping["Label"].isalnum()
+    # each child gets one chunk entry and fixed-size fields
+    assert mapping["ItemSelector"]["chunk.$"] == "$$.Map.Item.Value"
+    assert set(mapping["ItemSelector"]) == {"chunk.$", "job.$", "url.$", "execution.$", "failure_key.$"}
+
+
+def test_split_returns_fixed_size_fields_and_no_chunk_list_travels(definition) -> None:
+    states = definition["States"]
+    assert states["Split"]["ResultSelector"] == {
+        "manifest.$": "$.Payload.manifest", "chunks.$": "$.Payload.chunks", "rows.$": "$.Payload.rows",
+        "results_prefix.$": "$.Payload.results_prefix", "failure_key.$": "$.Payload.failure_key"}
+    assert states["Merge"]["Parameters"]["Payload"]["manifest.$"] == "$.split.manifest"
+    text = json.dumps(definition)
+    assert '"$.split.chunks"' not in text.replace('"chunks.$": "$.Payload.chunks"', "")
+
+
+def test_a_failed_chunk_records_its_error_and_the_execution_fails_with_it(definition) -> None:
+    child = definition["States"]["QueryChunks"]["ItemProcessor"]["States"]
+    query = child["QueryChunk"]
+    assert query["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
+                               "Next": "RecordChunkFailure"}]
+    record = child["RecordChunkFailure"]
+    assert record["Resource"] == wd.S3_PUT_OBJECT
+    assert record["Parameters"]["Key.$"] == "$.failure_key"
+    assert record["Parameters"]["Body.$"] == "$.error"
+    # the child still fails with the chunk's own error, whether or not the record was written
+    assert record["Next"] == record["Catch"][0]["Next"] == "ChunkFailed"
+    assert child["ChunkFailed"] == {"Type": "Fail", "ErrorPath": "$.error.Error",
+                                    "CausePath": "$.error.Cause"}
+    read = definition["States"]["ReadChunkFailure"]
+    assert read["Resource"] == wd.S3_GET_OBJECT
+    assert read["Parameters"] == {"Bucket.$": "$.job.bucket", "Key.$": "$.split.failure_key"}
+    assert read["ResultSelector"] == {"recorded.$": "States.StringToJson($.Body)"}
+
+
+def test_only_a_complete_lambda_error_body_is_parsed(definition) -> None:
+    """States.StringToJson on a cause that is not JSON is States.Runtime, which no Catch takes: the
+    execution would end without stopping the task. Only a cause that starts and ends like a
+    Lambda error body, and only one that is present, is parsed."""
+    import fnmatch
+
+    states = definition["States"]
+    for prefix in ("Failure", "InputFailure"):
+        present = states[f"Explain{prefix}"]
+        assert present["Choices"][0] == {"Variable": "$.error.Cause", "IsPresent": True,
+                                         "Next": f"Explain{prefix}Cause"}
+        (rule,) = states[f"Explain{prefix}Cause"]["Choices"]
+        assert rule["Next"] == f"Parse{prefix}Cause"
+        pattern = next(r["StringMatches"] for r in rule["And"] if "StringMatches" in r)
+        assert fnmatch.fnmatchcase(json.dumps({"errorMessage": "x", "errorType": "E"}), pattern)
+        truncated = json.dumps({"errorMessage": "x" * 100, "errorType": "E"})[:60]
+        assert not fnmatch.fnmatchcase(truncated, pattern)
+        assert not fnmatch.fnmatchcase("the task did not become ready", pattern)
+
+
 def test_settings_refuse_bad_values_with_a_clear_message() -> None:
-    with pytest.raises(ValueError, match="map_concurrency must be 1..40"):
+    with pytest.raises(ValueError, match="map_concurrency must be 1..10000"):
         wd.WorkflowSettings(**SETTINGS, map_concurrency=0)
+    # Distributed Map: at most 10,000 concurrent child executions
+    # (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html)
+    wd.WorkflowSettings(**SETTINGS, map_concurrency=10000)
+    with pytest.raises(ValueError, match="map_concurrency must be 1..10000"):
+        wd.WorkflowSettings(**SETTINGS, map_concurrency=10001)
     with pytest.raises(ValueError, match="ready_timeout_seconds .* must be below"):
         wd.WorkflowSettings(**SETTINGS, ready_timeout_seconds=900, workflow_timeout_seconds=600)
     with pytest.raises(ValueError, match="subnet_ids is empty"):
@@ -220,6 +313,8 @@ SERVICES = {
     wd.ECS_STOP_TASK: ("ecs", "StopTask"),
     wd.LAMBDA_INVOKE: ("lambda", "Invoke"),
     wd.LAMBDA_INVOKE_WAIT: ("lambda", "Invoke"),
+    wd.S3_PUT_OBJECT: ("s3", "PutObject"),
+    wd.S3_GET_OBJECT: ("s3", "GetObject"),
 }
 
 
@@ -279,6 +374,15 @@ def test_integration_parameters_match_the_aws_api_shapes(definition, resource: s
         assert not problems, problems
         report = ParamValidator().validate(params, shape)
         assert not report.has_errors(), f"{name}: {report.generate_report()}"
+
+
+def test_item_reader_parameters_match_the_s3_get_object_shape(definition) -> None:
+    """The ItemReader's Parameters are those of S3 GetObject (Bucket, Key, optional VersionId)."""
+    shape = botocore.session.get_session().get_service_model("s3").operation_model("GetObject").input_shape
+    params = definition["States"]["QueryChunks"]["ItemReader"]["Parameters"]
+    problems: list[str] = []
+    report = ParamValidator().validate(to_api(params, shape, "ItemReader", problems), shape)
+    assert not problems and not report.has_errors(), (problems, report.generate_report())
 
 
 def test_shape_check_catches_a_misspelled_parameter(definition) -> None:

@@ -17,6 +17,7 @@ from process_census import processes_mentioning, replica_leftovers
 from ontosearch.chroma_process import free_port
 from ontosearch.embedders import get_embedder
 from ontosearch.proxy import generate_token
+from ontosearch.workflow import steps
 from ontosearch.workflow.local import LocalWorkflow
 
 pytest_plugins = ["workflow_fixtures"]
@@ -43,7 +44,9 @@ def test_a_chunk_that_keeps_failing_fails_the_execution_and_keeps_finished_parts
     def lose_second_chunk(split):
         def handler(event, context):
             result = split(event, context)
-            boto3.client("s3").delete_object(Bucket=event["job"]["bucket"], Key=result["chunks"][1]["key"])
+            assert result["chunks"] > 1
+            second = steps.chunk_key(event["execution"], 1)
+            boto3.client("s3").delete_object(Bucket=event["job"]["bucket"], Key=second)
             return result
         return handler
 

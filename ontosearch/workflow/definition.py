@@ -6,10 +6,14 @@ runner executes it with aws-local-stepfunctions, so there is no second copy that
 
 Shape of an execution (ARCHITECTURE.md section 2):
 
-    Validate -> Split -> StartTask (ecs:runTask.waitForTaskToken) -> QueryChunks (Map)
-      -> Merge -> [SaveSnapshot] -> StopTask -> Done
-    any failure after the task may have started -> StopTaskAfterFailure -> Failed (original cause)
+    Validate -> Split -> StartTask (ecs:runTask.waitForTaskToken)
+      -> QueryChunks (Distributed Map: items from the chunk manifest in S3, one child execution
+         per chunk, results to S3) -> Merge -> [SaveSnapshot] -> StopTask -> Done
+    any failure after the task may have started -> StopTaskAfterFailure -> Failed (original cause;
+      for a failed chunk, the error its child execution recorded)
     a failure of Validate or Split -> InputRefused (no task exists yet)
+No state grows with the input: Split returns keys and counts, the chunk list is an S3 object, and
+the Map's per-chunk results go to S3.
 Lambda error causes are reduced to their message (the Explain* states), so a failed execution
 says what was wrong without a stack trace.
 
@@ -50,6 +54,17 @@ LAMBDA_INVOKE_WAIT = "arn:aws:states:::lambda:invoke.waitForTaskToken"
 ECS_RUN_TASK_WAIT = "arn:aws:states:::ecs:runTask.waitForTaskToken"
 ECS_LIST_TASKS = "arn:aws:states:::aws-sdk:ecs:listTasks"
 ECS_STOP_TASK = "arn:aws:states:::aws-sdk:ecs:stopTask"
+S3_PUT_OBJECT = "arn:aws:states:::aws-sdk:s3:putObject"
+S3_GET_OBJECT = "arn:aws:states:::aws-sdk:s3:getObject"
+# Distributed Map: ItemReader reading one S3 object, ResultWriter writing the Map Run's results
+S3_ITEM_READER = "arn:aws:states:::s3:getObject"
+S3_RESULT_WRITER = "arn:aws:states:::s3:putObject"
+# The chunk manifest is JSON Lines; ItemReader's InputType accepts CSV, JSON, JSONL, PARQUET and
+# MANIFEST (https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html).
+CHUNK_MANIFEST_INPUT_TYPE = "JSONL"
+# Distributed Map: up to 10,000 child executions at a time
+# (https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html).
+MAX_MAP_CONCURRENCY = 10000
 
 # Lambda service errors worth retrying (the names Step Functions gives them).
 LAMBDA_TRANSIENT = [
@@ -58,6 +73,9 @@ LAMBDA_TRANSIENT = [
     "Lambda.SdkClientException",
     "Lambda.TooManyRequestsException",
 ]
+
+# A lambda:invoke failure's Cause: the function's whole error body as JSON, {"errorMessage": ...}.
+LAMBDA_ERROR_BODY_PATTERN = '{*"errorMessage"*}'
 
 # The task agent's SendTaskHeartbeat interval is this fraction of HeartbeatSeconds, so one lost
 # heartbeat does not fail the execution.
@@ -106,8 +124,9 @@ class WorkflowSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not 1 <= self.map_concurrency <= 40:
-            problems.append(f"map_concurrency must be 1..40 (inline Map), got {self.map_concurrency}")
+        if not 1 <= self.map_concurrency <= MAX_MAP_CONCURRENCY:
+            problems.append(f"map_concurrency must be 1..{MAX_MAP_CONCURRENCY} (Distributed Map), "
+                            f"got {self.map_concurrency}")
         if not self.subnet_ids:
             problems.append("subnet_ids is empty: the task needs private subnets")
         if not self.security_group_ids:
@@ -176,9 +195,18 @@ def _explain_states(prefix: str, then: str) -> dict[str, dict[str, Any]]:
     they are; the error name is kept either way.
     """
     return {
+        # Parsing a cause that is not JSON is States.Runtime, which no Catch takes (and a Pass state
+        # has none): only a complete Lambda error body is parsed. Presence is tested on its own
+        # first, as a comparison on an absent path is a runtime error too.
         f"Explain{prefix}": {
             "Type": "Choice",
-            "Choices": [{"Variable": "$.error.Cause", "StringMatches": '{*"errorMessage"*',
+            "Choices": [{"Variable": "$.error.Cause", "IsPresent": True, "Next": f"Explain{prefix}Cause"}],
+            "Default": then,
+        },
+        f"Explain{prefix}Cause": {
+            "Type": "Choice",
+            "Choices": [{"And": [{"Variable": "$.error.Cause", "IsString": True},
+                                 {"Variable": "$.error.Cause", "StringMatches": LAMBDA_ERROR_BODY_PATTERN}],
                          "Next": f"Parse{prefix}Cause"}],
             "Default": then,
         },
@@ -283,6 +311,124 @@ def _stop_states(prefix: str, then: str, *, on_error: str, cluster: str) -> dict
     }
 
 
+# What Split returns into $.split: S3 keys of bounded length (the execution name is at most 80
+# characters) and two counts, whatever the input's size.
+SPLIT_FIELDS = ("manifest.$", "chunks.$", "rows.$", "results_prefix.$", "failure_key.$")
+
+
+def _query_chunks(s: WorkflowSettings) -> dict[str, Any]:
+    """QueryChunks: a Distributed Map over the chunk manifest, one child execution per chunk.
+
+    Why distributed: an inline Map keeps every iteration in the parent (its items in the state, its
+    ~7 events per item in the parent's 25,000-event history, at most 40 at a time); here the items
+    are read from S3 (ItemReader), each child execution has its own history, the results go to S3
+    (ResultWriter) and the state gets a fixed-size result back.
+    https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html
+    Why STANDARD children: one chunk's query may take TimeoutSeconds (the query Lambda's timeout)
+    per attempt, with retries after it; an EXPRESS child ends at 5 minutes, which one slow attempt
+    plus a retry exceeds. STANDARD children are billed per state transition (a few per chunk).
+    https://docs.aws.amazon.com/step-functions/latest/dg/concepts-standard-vs-express.html
+    A failed child fails the Map Run (no failure tolerated) with
+    States.ExceedToleratedFailureThreshold; the child first records its own error in S3
+    (RecordChunkFailure) so the execution can fail with it (ReadChunkFailure).
+    """
+    return {
+        "Type": "Map",
+        "Comment": "One child execution per chunk; each writes its own part (a retry overwrites it).",
+        "ItemReader": {
+            "Resource": S3_ITEM_READER,
+            "ReaderConfig": {"InputType": CHUNK_MANIFEST_INPUT_TYPE},
+            "Parameters": {"Bucket.$": "$.job.bucket", "Key.$": "$.split.manifest"},
+        },
+        "ItemSelector": {
+            "chunk.$": "$$.Map.Item.Value",
+            "job.$": "$.job",
+            "url.$": "$.task.url",
+            "execution.$": "$$.Execution.Name",
+            "failure_key.$": "$.split.failure_key",
+        },
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+            "StartAt": "QueryChunk",
+            "States": {
+                "QueryChunk": {
+                    "Type": "Task",
+                    "Resource": LAMBDA_INVOKE,
+                    "Parameters": {"FunctionName": s.query_function, "Payload.$": "$"},
+                    "OutputPath": "$.Payload",
+                    "TimeoutSeconds": s.chunk_timeout_seconds,
+                    "Retry": [
+                        {
+                            "ErrorEquals": [*LAMBDA_TRANSIENT, ChromaUnavailableError.__name__],
+                            "IntervalSeconds": s.query_retry_interval_seconds,
+                            "MaxAttempts": s.query_max_attempts,
+                            "BackoffRate": 2.0,
+                            "JitterStrategy": "FULL",
+                        },
+                    ],
+                    "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
+                               "Next": "RecordChunkFailure"}],
+                    "End": True,
+                },
+                "RecordChunkFailure": {
+                    "Type": "Task",
+                    "Comment": "Leaves the chunk's error where the parent execution reads it.",
+                    "Resource": S3_PUT_OBJECT,
+                    "Parameters": {
+                        "Bucket.$": "$.job.bucket",
+                        "Key.$": "$.failure_key",
+                        # a JSON object as Body is written as its JSON text
+                        "Body.$": "$.error",
+                        "ContentType": "application/json",
+                    },
+                    "ResultPath": None,
+                    "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 1, "MaxAttempts": 2,
+                               "BackoffRate": 2.0}],
+                    "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": None, "Next": "ChunkFailed"}],
+                    "Next": "ChunkFailed",
+                },
+                "ChunkFailed": {
+                    "Type": "Fail",
+                    "ErrorPath": "$.error.Error",
+                    "CausePath": "$.error.Cause",
+                },
+            },
+        },
+        "MaxConcurrency": s.map_concurrency,
+        "Label": "QueryChunks",
+        "ToleratedFailurePercentage": 0,
+        "ResultWriter": {
+            "Resource": S3_RESULT_WRITER,
+            "Parameters": {"Bucket.$": "$.job.bucket", "Prefix.$": "$.split.results_prefix"},
+        },
+        "ResultPath": None,
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": "ReadChunkFailure"}],
+        "Next": "Merge",
+    }
+
+
+def _chunk_failure_states(then: str) -> dict[str, dict[str, Any]]:
+    """After a failed Map Run: replace its States.ExceedToleratedFailureThreshold by the error a
+    failed chunk recorded, when there is one (else the Map's own error goes on unchanged)."""
+    return {
+        "ReadChunkFailure": {
+            "Type": "Task",
+            "Resource": S3_GET_OBJECT,
+            "Parameters": {"Bucket.$": "$.job.bucket", "Key.$": "$.split.failure_key"},
+            "ResultSelector": {"recorded.$": "States.StringToJson($.Body)"},
+            "ResultPath": "$.error",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": None, "Next": then}],
+            "Next": "UseChunkFailure",
+        },
+        "UseChunkFailure": {
+            "Type": "Pass",
+            "InputPath": "$.error.recorded",
+            "ResultPath": "$.error",
+            "Next": then,
+        },
+    }
+
+
 def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
     """The state machine definition (a dict; `definition_json` gives the deployable string)."""
     s = settings
@@ -300,8 +446,9 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
         "Split": _lambda_task(
             s.split_function,
             job_payload,
-            Comment="Reads the input once and writes chunks to S3; the chunk list is small.",
-            ResultSelector={"chunks.$": "$.Payload.chunks", "rows.$": "$.Payload.rows"},
+            Comment="Reads the input once, writes its chunks and their manifest to S3; returns only "
+            "fixed-size fields (keys and counts).",
+            ResultSelector={name: f"$.Payload.{name[:-2]}" for name in SPLIT_FIELDS},
             ResultPath="$.split",
             Catch=_catch_to("ExplainInputFailure"),
             Next="StartTask",
@@ -349,47 +496,11 @@ def build_definition(settings: WorkflowSettings) -> dict[str, Any]:
             "Catch": _catch_to("ExplainFailure"),
             "Next": "QueryChunks",
         },
-        "QueryChunks": {
-            "Type": "Map",
-            "Comment": "One query Lambda per chunk; each writes its own part (a retry overwrites it).",
-            "ItemsPath": "$.split.chunks",
-            "MaxConcurrency": s.map_concurrency,
-            "ItemSelector": {
-                "chunk.$": "$$.Map.Item.Value",
-                "job.$": "$.job",
-                "url.$": "$.task.url",
-                "execution.$": "$$.Execution.Name",
-            },
-            "ItemProcessor": {
-                "ProcessorConfig": {"Mode": "INLINE"},
-                "StartAt": "QueryChunk",
-                "States": {
-                    "QueryChunk": {
-                        "Type": "Task",
-                        "Resource": LAMBDA_INVOKE,
-                        "Parameters": {"FunctionName": s.query_function, "Payload.$": "$"},
-                        "OutputPath": "$.Payload",
-                        "TimeoutSeconds": s.chunk_timeout_seconds,
-                        "Retry": [
-                            {
-                                "ErrorEquals": [*LAMBDA_TRANSIENT, ChromaUnavailableError.__name__],
-                                "IntervalSeconds": s.query_retry_interval_seconds,
-                                "MaxAttempts": s.query_max_attempts,
-                                "BackoffRate": 2.0,
-                                "JitterStrategy": "FULL",
-                            },
-                        ],
-                        "End": True,
-                    },
-                },
-            },
-            "ResultPath": None,
-            "Catch": _catch_to("ExplainFailure"),
-            "Next": "Merge",
-        },
+        "QueryChunks": _query_chunks(s),
+        **_chunk_failure_states(then="ExplainFailure"),
         "Merge": _lambda_task(
             s.merge_function,
-            {"job.$": "$.job", "execution.$": "$$.Execution.Name", "chunks.$": "$.split.chunks"},
+            {"job.$": "$.job", "execution.$": "$$.Execution.Name", "manifest.$": "$.split.manifest"},
             ResultSelector={
                 "output.$": "$.Payload.output",
                 "rows.$": "$.Payload.rows",

@@ -8,6 +8,9 @@ aws-local-stepfunctions (asl/run.mjs) with every Task state sent to a bridge in 
                                         real restore from S3, `chroma run`, nginx with the token,
                                         the task agent reporting back with the task token)
 - aws-sdk:ecs:listTasks / stopTask   -> the replicas started by this execution / stopping one
+- aws-sdk:s3:putObject / getObject   -> the local S3 (moto)
+- a Distributed Map's ItemReader and ResultWriter (asl/distributed_map.mjs runs the Map Run)
+                                     -> POST /item-reader, /result-writer: the local S3
 - SendTaskSuccess/Failure/Heartbeat  -> served on the same bridge in the AWS JSON protocol, so
                                         the agent uses plain boto3 with AWS_ENDPOINT_URL_SFN
 S3 and Secrets Manager are a moto server. Nothing here reaches AWS.
@@ -291,12 +294,16 @@ class LocalFleet:
 # --- the bridge ---------------------------------------------------------------------------------------
 
 class Bridge:
-    """HTTP endpoint for asl/run.mjs (POST /task) and the task agent (Step Functions JSON protocol)."""
+    """HTTP endpoint for asl/run.mjs (POST /task, /item-reader, /result-writer) and the task agent
+    (Step Functions JSON protocol)."""
 
-    def __init__(self, fleet: LocalFleet, handlers: dict[str, Handler]) -> None:
+    def __init__(self, fleet: LocalFleet, handlers: dict[str, Handler], s3: Any = None) -> None:
         self.fleet = fleet
         self.handlers = handlers
+        self.s3 = s3
         self.callbacks = Callbacks()
+        # the largest result (JSON bytes, UTF-8) each Task state got back, before its ResultSelector
+        self.result_bytes: dict[str, int] = {}
         self._token_lock = threading.Lock()
         self._token_uses = 0
         bridge = self
@@ -314,6 +321,12 @@ class Bridge:
                 if target.startswith("AWSStepFunctions."):
                     status, answer = bridge.callbacks.answer(target.split(".", 1)[1], body)
                     content_type = "application/x-amz-json-1.0"
+                elif self.path == "/item-reader":
+                    status, answer = 200, bridge.guarded(bridge.read_items, body)
+                    content_type = "application/json"
+                elif self.path == "/result-writer":
+                    status, answer = 200, bridge.guarded(bridge.write_results, body)
+                    content_type = "application/json"
                 else:
                     status, answer = 200, bridge.run_state(body)
                     content_type = "application/json"
@@ -343,11 +356,113 @@ class Bridge:
 
     def run_state(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            return {"output": self.dispatch(request)}
+            output = self.dispatch(request)
         except TaskFailure as failure:
             return {"error": failure.error, "cause": failure.cause}
         except Exception as exc:  # a bug in the bridge itself: show it as the state's failure
             return {"error": "LocalRunnerError", "cause": "".join(traceback.format_exception(exc))[-4000:]}
+        size = len(json.dumps(output, ensure_ascii=False).encode("utf-8"))
+        state = request["state"]
+        self.result_bytes[state] = max(size, self.result_bytes.get(state, 0))
+        return {"output": output}
+
+    @staticmethod
+    def guarded(action: Callable[[dict[str, Any]], dict[str, Any]], request: dict[str, Any]
+                ) -> dict[str, Any]:
+        try:
+            return action(request)
+        except TaskFailure as failure:
+            return {"error": failure.error, "cause": failure.cause}
+        except Exception as exc:
+            return {"error": "LocalRunnerError", "catchable": False,
+                    "cause": "".join(traceback.format_exception(exc))[-4000:]}
+
+    # Distributed Map (asl/distributed_map.mjs): the two S3 ends of a Map Run
+
+    def read_items(self, request: dict[str, Any]) -> dict[str, Any]:
+        """ItemReader over one S3 object: InputType JSON (an array) or JSONL (one value a line),
+        then MaxItems. A failed read is States.ItemReaderFailed, as on AWS."""
+        state, config, params = request["state"], request.get("readerConfig") or {}, request["parameters"]
+        if request["resource"] != wd.S3_ITEM_READER:
+            return {"error": "LocalRunnerError", "catchable": False,
+                    "cause": f"state {state}: the local runner reads items only with {wd.S3_ITEM_READER}"}
+        input_type = config.get("InputType")
+        if input_type not in {"JSON", "JSONL"}:
+            return {"error": "LocalRunnerError", "catchable": False,
+                    "cause": f"state {state}: ReaderConfig InputType {input_type!r} is not bound locally "
+                             "(JSON and JSONL are)"}
+        where = f"s3://{params.get('Bucket')}/{params.get('Key')}"
+        extra = {"VersionId": params["VersionId"]} if params.get("VersionId") else {}
+        try:
+            body = self.s3.get_object(Bucket=params["Bucket"], Key=params["Key"], **extra)["Body"].read()
+        except Exception as exc:
+            raise TaskFailure("States.ItemReaderFailed",
+                              f"could not read the items at {where}: {exc}") from None
+        try:
+            text = body.decode("utf-8")
+            if input_type == "JSON":
+                items = json.loads(text)
+                if not isinstance(items, list):
+                    raise ValueError("the object is not a JSON array")
+            else:
+                items = [json.loads(line) for line in text.split("\n") if line.strip()]
+        except ValueError as exc:
+            raise TaskFailure("States.ItemReaderFailed",
+                              f"the items at {where} are not {input_type}: {exc}") from None
+        if config.get("MaxItems"):
+            items = items[: int(config["MaxItems"])]
+        return {"items": items}
+
+    def write_results(self, request: dict[str, Any]) -> dict[str, Any]:
+        """ResultWriter: <Prefix>/<map run id>/{SUCCEEDED,FAILED,PENDING}_0.json and manifest.json;
+        the state's ResultWriterDetails name the manifest."""
+        state, params = request["state"], request["parameters"]
+        if request["resource"] != wd.S3_RESULT_WRITER:
+            return {"error": "LocalRunnerError", "catchable": False,
+                    "cause": f"state {state}: the local runner writes results only with "
+                             f"{wd.S3_RESULT_WRITER}"}
+        bucket = params["Bucket"]
+        prefix = str(params.get("Prefix") or "").strip("/")
+        base = f"{prefix}/{request['mapRunId']}" if prefix else request["mapRunId"]
+        files: dict[str, list[dict[str, Any]]] = {}
+        try:
+            for status in ("FAILED", "PENDING", "SUCCEEDED"):
+                records = request["results"].get(status) or []
+                files[status] = []
+                if records:
+                    key = f"{base}/{status}_0.json"
+                    data = json.dumps(records, ensure_ascii=False).encode("utf-8")
+                    self.s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/json")
+                    files[status].append({"Key": key, "Size": len(data)})
+            manifest = {"DestinationBucket": bucket, "MapRunArn": request["mapRunArn"], "ResultFiles": files}
+            key = f"{base}/manifest.json"
+            self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(manifest).encode("utf-8"),
+                               ContentType="application/json")
+        except Exception as exc:
+            raise TaskFailure("States.ResultWriterFailed", f"could not write the Map Run's results to "
+                                                          f"s3://{bucket}/{base}/: {exc}") from None
+        return {"details": {"Bucket": bucket, "Key": key}}
+
+    def s3_call(self, resource: str, params: dict[str, Any]) -> dict[str, Any]:
+        """aws-sdk:s3:putObject / getObject as the SDK integration answers: PascalCase members, the
+        GetObject Body as text, an S3 error as S3.<Code>Exception."""
+        try:
+            if resource == wd.S3_PUT_OBJECT:
+                body = params.get("Body", "")
+                if not isinstance(body, str | bytes):
+                    body = json.dumps(body, ensure_ascii=False)
+                answer = self.s3.put_object(
+                    Bucket=params["Bucket"], Key=params["Key"],
+                    Body=body.encode("utf-8") if isinstance(body, str) else body,
+                    **({"ContentType": params["ContentType"]} if "ContentType" in params else {}))
+                return {"ETag": answer.get("ETag", "")}
+            answer = self.s3.get_object(Bucket=params["Bucket"], Key=params["Key"])
+            return {"Body": answer["Body"].read().decode("utf-8"),
+                    "ContentLength": answer.get("ContentLength"),
+                    "ContentType": answer.get("ContentType", ""), "ETag": answer.get("ETag", "")}
+        except Exception as exc:
+            code = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "")) or "S3"
+            raise TaskFailure(f"S3.{code.removesuffix('Exception')}Exception", str(exc)) from None
 
     def dispatch(self, request: dict[str, Any]) -> Any:
         resource, params, state = request["resource"], request["input"], request["state"]
@@ -376,6 +491,8 @@ class Bridge:
             return self.fleet.list_tasks(params)
         if resource == wd.ECS_STOP_TASK:
             return self.fleet.stop_task(params)
+        if resource in (wd.S3_PUT_OBJECT, wd.S3_GET_OBJECT):
+            return self.s3_call(resource, params)
         raise TaskFailure("States.Runtime", f"the local runner has no binding for {resource} (state {state})")
 
     def _fresh_token(self, params: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -417,6 +534,19 @@ class LocalRun:
     events: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[LocalTaskHandle] = field(default_factory=list)
     seconds: float = 0.0
+
+    def state_sizes(self, children: bool | None = None) -> list[tuple[str, str, int]]:
+        """(event, state, bytes) of every StateEntered input and StateExited output the runner
+        reported; `children` True: only a Distributed Map's child executions, False: only the
+        parent, None: both (each execution's states are under the same 256 KiB limit)."""
+        found = []
+        for event in self.events:
+            entered = event.get("event") == "StateEntered"
+            size = event.get("inputBytes") if entered else event.get("outputBytes")
+            if size is None or (children is not None and bool(event.get("child")) != children):
+                continue
+            found.append((event["event"], event.get("state", ""), int(size)))
+        return found
 
     def result(self) -> dict[str, Any]:
         """What `workflow` prints; `seconds` is the execution alone (start to end state)."""
@@ -520,7 +650,7 @@ class LocalWorkflow:
             handlers[f"ontosearch-local-{step}"] = wrapper(handlers[f"ontosearch-local-{step}"])
         fleet = LocalFleet(self.workdir / "tasks", self.read_secret_arn, self.admin_secret_arn, {},
                            bucket=self.bucket, task_options=self.task_options)
-        self.bridge = Bridge(fleet, handlers).start()
+        self.bridge = Bridge(fleet, handlers, s3=self.s3).start()
         self.fleet = self.bridge.fleet
         self.fleet.env = {**base_env, "AWS_ENDPOINT_URL_SFN": self.bridge.url}
         os.environ.update({
@@ -588,6 +718,13 @@ class LocalWorkflow:
 
     def run(self, request: dict[str, Any], execution: str | None = None, timeout: float | None = None
             ) -> LocalRun:
+        """One execution of the deployed definition (`definition()`)."""
+        return self.execute(self.definition(), request, execution, timeout)
+
+    def execute(self, definition: dict[str, Any], request: Any, execution: str | None = None,
+                timeout: float | None = None) -> LocalRun:
+        """One execution of `definition` with this runner's bindings (the workflow runs only its
+        own definition, through `run`; tests of the bindings run small ones of their own)."""
         assert self.bridge is not None, "start() the LocalWorkflow first"
         execution = execution or f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
         context = {
@@ -596,8 +733,7 @@ class LocalWorkflow:
             "StateMachine": {"Name": "ontosearch-local"},
             "Task": {"Token": f"local-{uuid.uuid4().hex}{uuid.uuid4().hex}"},
         }
-        job = {"definition": self.definition(), "input": request, "context": context,
-               "bridge": self.bridge.url}
+        job = {"definition": definition, "input": request, "context": context, "bridge": self.bridge.url}
         started = time.monotonic()
         process = subprocess.Popen(
             [*node_command(), str(asl_dir() / "run.mjs")], cwd=str(asl_dir()), stdin=subprocess.PIPE,
@@ -609,7 +745,8 @@ class LocalWorkflow:
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write(json.dumps(job))
         process.stdin.close()
-        limit = timeout or self.settings.workflow_timeout_seconds + 60
+        machine_timeout = int(definition.get("TimeoutSeconds") or self.settings.workflow_timeout_seconds)
+        limit = timeout or machine_timeout + 60
         try:
             line = _read_line(process.stdout, limit)
         finally:

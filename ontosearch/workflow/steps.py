@@ -5,7 +5,13 @@ same handlers. S3 layout inside the stack's bucket (prefixes in ontosearch.const
 
     inputs/...                                   what users upload (the only place inputs are read)
     work/<execution>/chunks/<00000>.jsonl        the split input, one JSON row per line
+    work/<execution>/chunks.jsonl                the chunk manifest: one {"index", "key", "rows"} a
+                                                 line; the Distributed Map's ItemReader reads it
     work/<execution>/parts/<00000>.csv           one query step's output; a retry overwrites it
+    work/<execution>/map-results/<run>/...       the Map Run's ResultWriter output (manifest.json,
+                                                 SUCCEEDED_0.json, ...)
+    work/<execution>/chunk-failure.json          the error of a chunk that failed ({"Error", "Cause"}),
+                                                 recorded by its child execution for the parent
     work/<execution>/save-request.json           asks the task agent to publish a snapshot
     results/<execution>/annotations.csv          the merged output
 
@@ -22,7 +28,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +47,36 @@ from ontosearch.workflow.errors import (
 )
 
 DEFAULT_CHUNK_SIZE = 500
-# The chunk list travels in the execution state (256 KiB payload limit; ~80 bytes per chunk).
-MAX_CHUNKS = 2500
 MAX_TOP_K = 50
+# Nothing that grows with the input travels in the execution state: the chunk list is an S3 object
+# (CHUNK_MANIFEST_NAME) the Distributed Map reads, and Split returns fixed-size fields. What the
+# state carries of the request is bounded here, so every state stays far below Step Functions'
+# 256 KiB (tests/test_workflow_limits.py measures it at every transition).
+MAX_INPUT_KEY_BYTES = 1024  # S3's own limit on a key (UTF-8 bytes)
+MAX_COLUMN_CHARS = 256
+MAX_SNAPSHOT_NAME_CHARS = 128
+CHUNK_MANIFEST_NAME = "chunks.jsonl"
+MAP_RESULTS_NAME = "map-results"
+CHUNK_FAILURE_NAME = "chunk-failure.json"
 REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
 # execution names become key parts; Step Functions allows these characters (and a few we refuse)
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _PART_META = ("rows", "annotated", "errors")
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """repr() of a user's value for an error message, shortened: a failed execution's cause is
+    limited (Step Functions: 32,768 characters) and a request may hold 256 KiB."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_s3_uri(uri: Any) -> tuple[str, str]:
     if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise InvalidInputError(f"input must be an s3://bucket/key URI, got {uri!r}")
+        raise InvalidInputError(f"input must be an s3://bucket/key URI, got {_shown(uri)}")
     bucket, _, key = uri[len("s3://"):].partition("/")
     if not bucket or not key or key.endswith("/"):
-        raise InvalidInputError(f"input {uri!r} does not name an object (expected s3://bucket/key)")
+        raise InvalidInputError(f"input {_shown(uri)} does not name an object (expected s3://bucket/key)")
     return bucket, key
 
 
@@ -74,6 +95,19 @@ def chunk_key(execution: str, index: int) -> str:
 
 def part_key(execution: str, index: int) -> str:
     return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/parts/{index:05d}.csv"
+
+
+def chunk_manifest_key(execution: str) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{CHUNK_MANIFEST_NAME}"
+
+
+def map_results_prefix(execution: str) -> str:
+    """The ResultWriter's Prefix: the Map Run writes <prefix>/<map run id>/manifest.json and the rest."""
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{MAP_RESULTS_NAME}"
+
+
+def chunk_failure_key(execution: str) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{CHUNK_FAILURE_NAME}"
 
 
 def save_request_key(execution: str) -> str:
@@ -108,7 +142,8 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
     unknown = sorted(set(request) - REQUEST_KEYS)
     if unknown:
         allowed = ", ".join(sorted(REQUEST_KEYS))
-        problems.append(f"unknown input key(s) {', '.join(unknown)}; allowed: {allowed}")
+        shown = ", ".join(_shown(k, 40) for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        problems.append(f"unknown input key(s) {shown}; allowed: {allowed}")
 
     input_bucket = key = fmt = None
     try:
@@ -118,35 +153,43 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
     if key is not None:
         if input_bucket != bucket or not key.startswith(WORKFLOW_INPUT_PREFIX):
             problems.append(
-                f"input s3://{input_bucket}/{key} is outside this workflow's input folder "
-                f"s3://{bucket}/{WORKFLOW_INPUT_PREFIX}; upload the file there"
+                f"input {_shown(f's3://{input_bucket}/{key}', 200)} is outside this workflow's input "
+                f"folder s3://{bucket}/{WORKFLOW_INPUT_PREFIX}; upload the file there"
             )
+        elif len(key.encode("utf-8")) > MAX_INPUT_KEY_BYTES:
+            problems.append(f"input key is {len(key.encode('utf-8'))} bytes; S3 keys are at most "
+                            f"{MAX_INPUT_KEY_BYTES}")
         from ontosearch.label_io import SUFFIXES
 
         fmt = SUFFIXES.get(Path(key).suffix.lower())
         if fmt is None:
-            problems.append(f"input {key!r} has no supported extension ({', '.join(SUFFIXES)})")
+            problems.append(f"input {_shown(key, 200)} has no supported extension ({', '.join(SUFFIXES)})")
 
     ontology = request.get("ontology")
     canonical = ONTOLOGY_ALIASES.get(str(ontology).strip().lower()) if isinstance(ontology, str) else None
     if canonical is None:
-        problems.append(f"unknown ontology {ontology!r}; use one of {', '.join(sorted(ONTOLOGY_ALIASES))}")
+        problems.append(f"unknown ontology {_shown(ontology)}; "
+                        f"use one of {', '.join(sorted(ONTOLOGY_ALIASES))}")
 
     top_k = request.get("top_k", 3)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        problems.append(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {top_k!r}")
+        problems.append(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {_shown(top_k)}")
 
     save = request.get("save_snapshot", False)
     if not isinstance(save, bool):
-        problems.append(f"save_snapshot must be true or false, got {save!r}")
+        problems.append(f"save_snapshot must be true or false, got {_shown(save)}")
 
     column = request.get("column")
     if column is not None and (not isinstance(column, str) or not column):
-        problems.append(f"column must be a non-empty string, got {column!r}")
+        problems.append(f"column must be a non-empty string, got {_shown(column)}")
+    elif isinstance(column, str) and len(column) > MAX_COLUMN_CHARS:
+        problems.append(f"column names at most {MAX_COLUMN_CHARS} characters, got {len(column)}")
 
     snapshot = request.get("snapshot", "latest")
     if not isinstance(snapshot, str) or not snapshot:
-        problems.append(f"snapshot must be 'latest' or a version name, got {snapshot!r}")
+        problems.append(f"snapshot must be 'latest' or a version name, got {_shown(snapshot)}")
+    elif len(snapshot) > MAX_SNAPSHOT_NAME_CHARS:
+        problems.append(f"snapshot names at most {MAX_SNAPSHOT_NAME_CHARS} characters, got {len(snapshot)}")
 
     if not problems:
         try:
@@ -225,13 +268,16 @@ def _resolve_snapshot(s3: Any, bucket: str, snapshot: str) -> tuple[Any, str]:
 # --- Split ---------------------------------------------------------------------------------------
 
 def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
-    """Read the input once, write chunks of `chunk_size` rows; returns the chunk list and row count."""
+    """Read the input once, write chunks of `chunk_size` rows and the chunk manifest.
+
+    Returns only fixed-size fields (S3 keys of bounded length and counts), whatever the input's
+    size: the chunk list is the manifest object the Distributed Map reads, not part of the state.
+    """
     from ontosearch.label_io import read_labels
 
     execution = _execution(execution)
     size = max(1, int(job.get("chunk_size") or DEFAULT_CHUNK_SIZE))
-    chunks: list[dict[str, Any]] = []
-    rows = 0
+    chunks = rows = 0
     with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp:
         local = Path(tmp) / Path(job["key"]).name
         try:
@@ -241,31 +287,50 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
                 raise
             raise InvalidInputError(
                 f"input {job['input']} disappeared after validation; upload it again") from None
+        manifest_path = Path(tmp) / CHUNK_MANIFEST_NAME
         buffer: list[str] = []
+        with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest:
 
-        def flush() -> None:
-            index = len(chunks)
-            key = chunk_key(execution, index)
-            s3.put_object(Bucket=job["bucket"], Key=key, Body=("\n".join(buffer) + "\n").encode("utf-8"),
-                          ContentType="application/x-ndjson")
-            chunks.append({"index": index, "key": key, "rows": len(buffer)})
-            buffer.clear()
+            def flush() -> None:
+                nonlocal chunks
+                key = chunk_key(execution, chunks)
+                s3.put_object(Bucket=job["bucket"], Key=key,
+                              Body=("\n".join(buffer) + "\n").encode("utf-8"),
+                              ContentType="application/x-ndjson")
+                manifest.write(json.dumps({"index": chunks, "key": key, "rows": len(buffer)}) + "\n")
+                chunks += 1
+                buffer.clear()
 
-        for row, label, error in read_labels(local, job["format"], job.get("column")):
-            rows += 1
-            buffer.append(json.dumps({"row": row, "label": label, "error": error}, ensure_ascii=False))
-            if len(buffer) >= size:
+            for row, label, error in read_labels(local, job["format"], job.get("column")):
+                rows += 1
+                buffer.append(json.dumps({"row": row, "label": label, "error": error}, ensure_ascii=False))
+                if len(buffer) >= size:
+                    flush()
+            if buffer:
                 flush()
-        if buffer:
-            flush()
-    if len(chunks) > MAX_CHUNKS:
-        needed = -(-rows // MAX_CHUNKS)
-        raise InvalidInputError(
-            f"input {job['input']} has {rows} rows, {len(chunks)} chunks of {size}; an execution carries at "
-            f"most {MAX_CHUNKS} chunks: split the file, or set the validate Lambda's chunk size "
-            f"(WORKFLOW_CHUNK_SIZE) to at least {needed}"
-        )
-    return {"chunks": chunks, "rows": rows}
+        s3.upload_file(str(manifest_path), job["bucket"], chunk_manifest_key(execution),
+                       ExtraArgs={"ContentType": "application/x-ndjson"})
+    return {
+        "manifest": chunk_manifest_key(execution),
+        "chunks": chunks,
+        "rows": rows,
+        "results_prefix": map_results_prefix(execution),
+        "failure_key": chunk_failure_key(execution),
+    }
+
+
+def read_manifest(s3: Any, bucket: str, key: str) -> Iterator[dict[str, Any]]:
+    """The chunk entries of a manifest Split wrote, in chunk order, read line by line."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except Exception as exc:
+        if not _missing(exc):
+            raise
+        raise MergeError(f"the chunk manifest s3://{bucket}/{key} is missing; "
+                         "run the execution again") from None
+    for line in body.iter_lines():
+        if line.strip():
+            yield json.loads(line)
 
 
 # --- Query one chunk -----------------------------------------------------------------------------
@@ -353,17 +418,25 @@ def _result_rows(rows: Iterable[dict[str, Any]], matches: dict[str, list[Any]]
 
 # --- Merge ---------------------------------------------------------------------------------------
 
-def merge(job: dict[str, Any], execution: str, chunks: list[dict[str, Any]], s3: Any) -> dict[str, Any]:
-    """Concatenate the parts in chunk order into results/<execution>/annotations.csv and count."""
+def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = None) -> dict[str, Any]:
+    """Concatenate the parts in chunk order into results/<execution>/annotations.csv and count.
+
+    The chunks are those of the manifest Split wrote (`manifest`, default its key for the
+    execution); each part must cover exactly its chunk's rows.
+    """
     execution = _execution(execution)
     bucket = job["bucket"]
-    missing = []
+    manifest_key = manifest or chunk_manifest_key(execution)
+    if manifest_key != chunk_manifest_key(execution):
+        raise MergeError(f"manifest {_shown(manifest_key, 200)} is not this execution's "
+                         f"({chunk_manifest_key(execution)})")
+    missing: list[str] = []
     totals = dict.fromkeys(_PART_META, 0)
     with tempfile.TemporaryDirectory(prefix="ontosearch-merge-") as tmp:
         merged = Path(tmp) / "annotations.csv"
         header_written = False
         with open(merged, "w", encoding="utf-8", newline="") as handle:
-            for chunk in sorted(chunks, key=lambda c: int(c["index"])):
+            for chunk in read_manifest(s3, bucket, manifest_key):
                 key = part_key(execution, int(chunk["index"]))
                 try:
                     response = s3.get_object(Bucket=bucket, Key=key)

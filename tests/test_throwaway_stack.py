@@ -184,11 +184,18 @@ def test_settings_place_the_stack_in_a_region_a_vpc_or_behind_a_public_domain():
     ({"ontosearch:deletionProtection": True}, "must be destroyable|needs False"),
     ({"ontosearch:batchWorkflow": False}, "needs True"),
     ({"ontosearch:cpu": 3}, "ontosearch:cpu"),
-    ({"ontosearch:mapConcurrency": 99}, "ontosearch:mapConcurrency"),
+    ({"ontosearch:mapConcurrency": "ten"}, "ontosearch:mapConcurrency"),
 ])
 def test_overrides_that_break_the_throwaway_stack_are_refused_before_anything_exists(extra, message):
     with pytest.raises(t.SettingsError, match=message):
         t.throwaway_config(load_stack_config("dev"), NAME, t.Settings(extra_config=extra))
+
+
+def test_a_config_without_a_region_asks_for_one():
+    dev = {k: v for k, v in load_stack_config("dev").items() if k != "aws:region"}
+    with pytest.raises(t.SettingsError, match=t.ENV_REGION):
+        t.throwaway_config(dev, NAME, t.Settings())
+    assert t.throwaway_config(dev, NAME, t.Settings(region="eu-west-1"))["aws:region"] == "eu-west-1"
 
 
 def test_secret_dev_config_cannot_be_copied():

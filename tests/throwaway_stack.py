@@ -268,6 +268,8 @@ def throwaway_config(dev: Mapping[str, Any], stack: str, settings: Settings) -> 
                                 f"destroyable); drop the key")
         config[key] = copy.deepcopy(value)
     config.update(THROWAWAY_SETTINGS)
+    if not config.get("aws:region"):
+        raise SettingsError(f"Pulumi.dev.yaml sets no aws:region; set {ENV_REGION}")
     default_tags = config.get("aws:defaultTags") or {}
     tags = dict(default_tags.get("tags") or {})
     tags["stack"] = stack
@@ -403,8 +405,14 @@ def parse_outputs(outputs: Mapping[str, Any]) -> StackOutputs:
 SERVICE_HEALTHY_TIMEOUT = 20 * 60
 EXECUTION_TIMEOUT = 30 * 60
 SNAPSHOT_BUILD_TIMEOUT = 20 * 60
+COMMAND_TIMEOUT = 20 * 60  # one project command: publish-snapshot (CL), annotate (40 labels)
 SERVICE_URL_TIMEOUT = 10 * 60  # DNS of a new ALB (or a new record) can take minutes to resolve
 POLL_SECONDS = 15
+# `pulumi destroy` is tried this many times, this far apart. A VPC Lambda's network interfaces outlive
+# the function and hold its security group and subnets; the AWS provider waits for them
+# (hashicorp/terraform-provider-aws internal/service/ec2, deleteLingeringENIs), within a timeout.
+DESTROY_ATTEMPTS = 3
+DESTROY_PAUSE_SECONDS = 120
 
 
 @dataclass(frozen=True)

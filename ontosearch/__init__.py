@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["connect", "match"]
+__all__ = ["__version__", "connect", "match"]
+
+# The library's version, as SSSOM output names its mapping tool.
+__version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from ontosearch.connect import connect

@@ -48,6 +48,29 @@ STAGING_PREFIX = "building-"
 STORE_LOCK_NAME = ".ontosearch-build.lock"
 
 
+OUTPUT_FORMATS = ("csv", "sssom")
+
+
+def output_format(path: str, fmt: str | None) -> str:
+    """The output format: `fmt` if given, else from the file name (`*.sssom.tsv` is SSSOM)."""
+    if fmt is not None:
+        return fmt
+    return "sssom" if path.lower().endswith(".sssom.tsv") else "csv"
+
+
+def result_writer(fmt: str, handle: IO[str], ontology: str, collection: Any, embedder: Any,
+                  min_confidence: str | None) -> Any:
+    """The writer for `fmt`; SSSOM needs the collection's ontology release and the embedder."""
+    if fmt == "sssom":
+        from ontosearch import __version__
+        from ontosearch.sssom import SssomWriter
+
+        version = (collection.metadata or {}).get("version", "")
+        return SssomWriter(handle, ontology, version, __version__, embedder=embedder.name,
+                           min_confidence=min_confidence)
+    return ResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
+
+
 class AnnotateError(RuntimeError):
     """A problem with the run as a whole (arguments, store, server); exits non-zero with the message."""
 
@@ -69,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", required=True, help="labels: .txt (one a line), .csv/.tsv, .jsonl")
     parser.add_argument("--ontology", required=True,
                         help="cl, uberon, mondo or an alias (cell_type, tissue, disease)")
-    parser.add_argument("--output", required=True, help="result CSV path, or - for standard output")
+    parser.add_argument("--output", required=True,
+                        help="result path (.csv; .sssom.tsv for SSSOM), or - for standard output")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
+                        help="csv (default) or sssom (an SSSOM mapping set); default: from --output's name")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                         help=f"terms per label (default {DEFAULT_TOP_K})")
     parser.add_argument("--column", help="CSV/TSV header name (default: first column) or JSONL key "
@@ -317,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
             min_confidence = check_class(args.min_confidence)
         except ConfidenceError as exc:
             raise AnnotateError(f"--min-confidence: {exc}") from None
+    fmt = output_format(args.output, args.output_format)
     # Check the input before any slow setup, so a typo fails at once.
     rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
     first = next(rows, None)  # a --column missing from the header raises here
@@ -344,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(desc="annotating", unit="label", file=sys.stderr, disable=None)
     try:
         with _output(args.output) as handle:
-            writer = ResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
+            writer = result_writer(fmt, handle, ontology, collection, embedder, min_confidence)
             failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar,
                                      embedder=embedder)
     finally:
@@ -359,4 +386,7 @@ def run(args: argparse.Namespace) -> int:
         f" -> {args.output if args.output != '-' else 'stdout'}"
     )
     print(summary, file=sys.stderr if args.output == "-" else sys.stdout, flush=True)
+    if counts.get("skipped"):
+        _err(f"annotate: {counts['skipped']} rows without a label are not in the SSSOM output (SSSOM needs a "
+             "subject_label); write CSV to see them with their reasons")
     return 1 if failed else 0

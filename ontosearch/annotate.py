@@ -48,19 +48,29 @@ STAGING_PREFIX = "building-"
 STORE_LOCK_NAME = ".ontosearch-build.lock"
 
 
-OUTPUT_FORMATS = ("csv", "sssom")
+OUTPUT_FORMATS = ("csv", "sssom", "parquet")
+BINARY_OUTPUTS = ("parquet",)
 
 
 def output_format(path: str, fmt: str | None) -> str:
-    """The output format: `fmt` if given, else from the file name (`*.sssom.tsv` is SSSOM)."""
+    """The output format: `fmt` if given, else from the file name (`*.sssom.tsv` is SSSOM,
+    `*.parquet` Parquet, anything else CSV)."""
     if fmt is not None:
         return fmt
-    return "sssom" if path.lower().endswith(".sssom.tsv") else "csv"
+    name = path.lower()
+    if name.endswith(".sssom.tsv"):
+        return "sssom"
+    return "parquet" if name.endswith((".parquet", ".pq")) else "csv"
 
 
-def result_writer(fmt: str, handle: IO[str], ontology: str, collection: Any, embedder: Any,
+def result_writer(fmt: str, handle: IO[Any], ontology: str, collection: Any, embedder: Any,
                   min_confidence: str | None) -> Any:
-    """The writer for `fmt`; SSSOM needs the collection's ontology release and the embedder."""
+    """The writer for `fmt`; SSSOM needs the collection's ontology release and the embedder. A
+    writer with a `close()` (Parquet) must be closed before the output is moved into place."""
+    if fmt == "parquet":
+        from ontosearch.parquet_io import ParquetResultWriter
+
+        return ParquetResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
     if fmt == "sssom":
         from ontosearch import __version__
         from ontosearch.sssom import SssomWriter
@@ -89,17 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
             "CHROMA_TOKEN) when set, else the local store (CHROMA_PATH), built on first use."
         ),
     )
-    parser.add_argument("--input", required=True, help="labels: .txt (one a line), .csv/.tsv, .jsonl")
+    parser.add_argument("--input", required=True,
+                        help="labels: .txt (one a line), .csv/.tsv, .jsonl, .parquet")
     parser.add_argument("--ontology", required=True,
                         help="cl, uberon, mondo or an alias (cell_type, tissue, disease)")
     parser.add_argument("--output", required=True,
-                        help="result path (.csv; .sssom.tsv for SSSOM), or - for standard output")
+                        help="result path (.csv; .sssom.tsv for SSSOM; .parquet), or - for standard output")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
-                        help="csv (default) or sssom (an SSSOM mapping set); default: from --output's name")
+                        help="csv, sssom (an SSSOM mapping set) or parquet; default: from --output's name")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                         help=f"terms per label (default {DEFAULT_TOP_K})")
-    parser.add_argument("--column", help="CSV/TSV header name (default: first column) or JSONL key "
-                        "(default: label)")
+    parser.add_argument("--column", help="CSV/TSV header name or Parquet column (default: the first) or "
+                        "JSONL key (default: label)")
     parser.add_argument("--format", choices=FORMATS, help="input format (default: from the extension)")
     parser.add_argument("--snapshot", help="snapshot directory (manifest.json + archive) to annotate against")
     parser.add_argument("--embedder", default=None,
@@ -214,7 +225,7 @@ def build_local(client: Any, ontology: str, embedder_name: str | None, progress:
 
 
 @contextmanager
-def _output(path: str) -> Iterator[IO[str]]:
+def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
     """Standard output, or a temporary file renamed over `path` only when the run completes."""
     if path == "-":
         yield sys.stdout
@@ -228,7 +239,7 @@ def _output(path: str) -> Iterator[IO[str]]:
         raise AnnotateError(f"--output {path}: directory {parent} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
             yield handle
         os.replace(tmp, target)
     finally:
@@ -344,6 +355,9 @@ def run(args: argparse.Namespace) -> int:
         except ConfidenceError as exc:
             raise AnnotateError(f"--min-confidence: {exc}") from None
     fmt = output_format(args.output, args.output_format)
+    if fmt in BINARY_OUTPUTS and args.output == "-":
+        raise AnnotateError(f"{fmt} output needs a file: give --output a path such as out.{fmt} "
+                            "(standard output takes CSV or SSSOM)")
     # Check the input before any slow setup, so a typo fails at once.
     rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
     first = next(rows, None)  # a --column missing from the header raises here
@@ -370,10 +384,12 @@ def run(args: argparse.Namespace) -> int:
 
         bar = tqdm(desc="annotating", unit="label", file=sys.stderr, disable=None)
     try:
-        with _output(args.output) as handle:
+        with _output(args.output, binary=fmt in BINARY_OUTPUTS) as handle:
             writer = result_writer(fmt, handle, ontology, collection, embedder, min_confidence)
             failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar,
                                      embedder=embedder)
+            if hasattr(writer, "close"):
+                writer.close()
     finally:
         if bar is not None:
             bar.close()

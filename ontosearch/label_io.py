@@ -23,8 +23,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-FORMATS = ("txt", "csv", "tsv", "jsonl")
+# Text formats: read from any stream (the batch workflow streams them from S3; SUFFIXES is its list).
 SUFFIXES = {".txt": "txt", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+# Parquet is read by pyarrow from a seekable file (its footer comes last), so only local runs take it.
+FILE_SUFFIXES = {**SUFFIXES, ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
 DEFAULT_JSON_KEY = "label"
 # Labels are names, not documents; anything longer is almost surely a wrong column or a broken file.
 MAX_LABEL_CHARS = 1000
@@ -53,11 +56,11 @@ class LabelFileError(ValueError):
 def detect_format(path: str | Path) -> str:
     """The input format named by a file's extension."""
     suffix = Path(path).suffix.lower()
-    fmt = SUFFIXES.get(suffix)
+    fmt = FILE_SUFFIXES.get(suffix)
     if fmt is None:
         raise LabelFileError(
             f"cannot tell the format of {str(path)!r} from its extension {suffix or '(none)'!r}; "
-            f"use one of {', '.join(sorted(SUFFIXES))} or pass the format ({', '.join(FORMATS)})"
+            f"use one of {', '.join(sorted(FILE_SUFFIXES))} or pass the format ({', '.join(FORMATS)})"
         )
     return fmt
 
@@ -251,7 +254,14 @@ def read_labels(
     if fmt not in FORMATS:
         raise LabelFileError(f"unknown input format {fmt!r}; use one of {', '.join(FORMATS)}")
     if column is not None and fmt == "txt":
-        raise LabelFileError("--column applies to .csv, .tsv and .jsonl; a .txt file has one label a line")
+        raise LabelFileError("--column applies to .csv, .tsv, .jsonl and .parquet; a .txt file has one label "
+                             "a line")
+    if fmt == "parquet":
+        from ontosearch.parquet_io import read_parquet_labels
+
+        if isinstance(source, io.TextIOBase):
+            raise LabelFileError("Parquet is binary; pass a path or a binary file object")
+        return read_parquet_labels(source, column, max_chars)
     stream, release = _text_stream(source)
     return _generate(stream, release, fmt, column, max_chars)
 

@@ -229,9 +229,12 @@ def test_images_are_built_for_arm64_and_pushed_to_stack_ecr_repositories(stack):
 
 def test_project_dockerfile_installs_only_boto3_and_the_package():
     text = (ROOT / "docker" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"^FROM python:3\.11-slim-trixie$", text, re.M)
     assert "COPY ontosearch/ /app/ontosearch/" in text
-    assert "boto3==" in text or "'^boto3=='" in text
+    assert "pip install -r /tmp/requirements.txt" in text
+    pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert [p.split("==")[0] for p in pins] == ["boto3"]
     for heavy in ("chromadb", "torch", "numpy"):
         assert f"pip install {heavy}" not in text
 

@@ -10,7 +10,9 @@ What a scientist's label differs by from the ontology's wording, and the rule fo
 case and whitespace; hyphens and punctuation ("T-cell", "alpha-beta"); plurals ("T cells");
 marker signs ("CD4+" for "CD4-positive", "CD8-" for "CD8-negative"); possessives ("Crohn's");
 roman numerals ("type II" / "type 2"); Greek letters ("γδ"); comma inversions
-("carcinoma, hepatocellular"); a redundant "cell(s)" suffix ("hepatocyte cells").
+("carcinoma, hepatocellular"); a redundant "cell(s)" suffix ("hepatocyte cells"); atlas spellings
+(`split_atlas_spelling`): words joined by underscores ("Endothelial_Venous") or in CamelCase
+("SmoothMuscle"), and slash-joined lists ("Monocytes/Macrophages"): separate words.
 """
 
 from __future__ import annotations
@@ -34,6 +36,28 @@ _KEEP_S = ("ss", "us", "is", "os", "as", "ous", "ics", "itis", "osis", "sis")
 _MARKER_POS = re.compile(r"(?<=[0-9A-Za-z])(?:\+|\(\+\))|(?<=[0-9A-Z])pos\b")
 _MARKER_NEG = re.compile(r"(?<=[0-9A-Za-z])(?:-|\(-\)|\u2212)(?=\s|,|/|\)|$)|(?<=[0-9A-Z])neg\b")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
+# A CamelCase join of two words: three lower-case letters, then a capitalised word of three or more
+# letters ("SmoothMuscle", "EndothelialVenous"). Shorter heads are name prefixes, not words
+# ("DiGeorge", "McArdle", "MacDermot"), and capitals before the join are an acronym's
+# ("GABAergic", "MALToma", "PEComa"): those stay one word. Checked over the packaged ontologies'
+# labels and synonyms (133,000 names), the rule splits 8, all joined words ("CamelHump", "fibrogenicTumor").
+_CAMEL_JOIN = re.compile(r"(?<=[a-z]{3})(?=[A-Z][a-z]{2})")
+# Words of the lexical channel that say nothing about which term is meant.
+_FUNCTION_WORDS = frozenset(
+    {"of", "the", "and", "in", "to", "for", "with", "by", "a", "an", "or", "on", "from"}
+)
+
+
+def split_atlas_spelling(text: str) -> str:
+    """The label with atlas-style joins written as separate words, everything else unchanged.
+
+    Atlases and portals join the words of a name with underscores ("Endothelial_Venous",
+    "T_CD4_Naive") or in CamelCase ("SmoothMuscle"). Slash-joined lists ("Monocytes/Macrophages")
+    need no rewrite: a slash separates words in `normalize` (it is punctuation), in
+    `lexical_tokens` and in the embedders' tokenizers alike, and kept in the text it still reads as
+    the ontologies write their own lists ("megakaryocyte/erythroid progenitor", "L2/3").
+    """
+    return " ".join(_CAMEL_JOIN.sub(" ", text.replace("_", " ")).split())
 
 
 def _singular(word: str) -> str:
@@ -67,7 +91,26 @@ def _ascii(text: str) -> str:
 
 def normalize(text: str) -> str:
     """The lookup key of a label: lower case, ASCII, markers spelt out, singular words, no punctuation."""
-    text = expand_markers(_ascii(text))
+    return _normalize(split_atlas_spelling(_ascii(text)))
+
+
+def joined_normalize(text: str) -> str:
+    """The lookup key without CamelCase splitting: the key collections built before
+    `split_atlas_spelling` store for CamelCase names, tried after `normalize`'s key."""
+    return _normalize(_ascii(text))
+
+
+def lexical_tokens(text: str) -> list[str]:
+    """The words the lexical channel indexes and queries: the normalised words without function words.
+
+    Index and query go through this one function, so "Lung Fibroblasts", "fibroblast of lung"
+    and "Fibroblast_Lung" share the tokens {fibroblast, lung}.
+    """
+    return [word for word in normalize(text).split() if word not in _FUNCTION_WORDS]
+
+
+def _normalize(text: str) -> str:
+    text = expand_markers(text)
     text = re.sub(r"'s\b", "", text.lower())
     words = _NON_WORD.sub(" ", text).split()
     out: list[str] = []
@@ -135,6 +178,7 @@ def query_keys(text: str, cell_suffix: bool = False, disease_suffix: bool = Fals
         bases.append(normalize(inverted))
     for base in bases:
         add(base)
+    add(joined_normalize(text))  # the CamelCase name as collections built before the split store it
     for variant in latin_singulars(inverted or text):
         add(normalize(variant))
     if disease_suffix and re.search(r"['’]s\s*$", text):
@@ -158,7 +202,7 @@ def embedding_text(text: str) -> str:
     Kept close to the original wording (case and plurals do not matter to the embedders), but
     "CD4+" and "carcinoma, hepatocellular" are rewritten as the ontologies write them.
     """
-    text = " ".join(_ascii(text).split())
+    text = split_atlas_spelling(_ascii(text))
     inverted = uninvert(text) if "," in text else None
     if inverted and not re.search(r"(?i)positive|negative|\+", text):
         text = inverted
@@ -203,7 +247,7 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
     """
     original = " ".join(text.split())
-    out = original
+    out = split_atlas_spelling(original)
     gtex = out.count(" - ") == 1
     sites: list[str] = []
 
@@ -288,6 +332,7 @@ def abbreviation_key(text: str) -> str | None:
     an abbreviation counts: two capitals ("OPC"), letters and digits ("T2D") or no vowel ("Tfh").
     Plain words ("skin", "flu") are not initialisms, whatever letters they share with one.
     """
+    text = split_atlas_spelling(text)
     words = normalize(text).split()
     if len(words) == 2 and words[-1] == "cell":
         words = words[:1]

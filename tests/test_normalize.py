@@ -9,9 +9,11 @@ from ontosearch.normalize import (
     embedding_text,
     expand_markers,
     initialisms,
+    lexical_tokens,
     normalize,
     query_keys,
     rewrite_label,
+    split_atlas_spelling,
     uninvert,
 )
 
@@ -164,3 +166,45 @@ def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_the
 )
 def test_labels_without_such_forms_are_left_alone(label: str, ontology: str) -> None:
     assert rewrite_label(label, ontology) == []
+
+
+@pytest.mark.parametrize(
+    ("atlas", "ontology"),
+    [
+        ("Endothelial_Venous", "endothelial venous"),
+        ("T_CD4_Naive", "T CD4 naive"),
+        ("SmoothMuscle", "smooth muscle"),
+        ("EndothelialVenous cells", "endothelial venous cell"),
+        ("Smooth_Muscle_Cells", "smooth muscle cell"),
+        ("Monocytes/Macrophages", "monocyte macrophage"),
+    ],
+)
+def test_atlas_joins_are_separate_words(atlas: str, ontology: str) -> None:
+    assert normalize(atlas) == normalize(ontology)
+
+
+@pytest.mark.parametrize("name", ["DiGeorge syndrome", "McArdle disease", "MacDermot-Winter syndrome",
+                                  "GABAergic neuron", "MALToma", "PEComa", "iTreg", "IgG plasma cell"])
+def test_eponyms_and_acronyms_are_not_split(name: str) -> None:
+    assert split_atlas_spelling(name) == name
+    assert normalize(name) == normalize(name.lower())
+
+
+def test_atlas_spellings_are_embedded_as_words() -> None:
+    assert embedding_text("SmoothMuscle_Cells") == "Smooth Muscle Cells"
+    assert embedding_text("Endothelial_Venous") == "Endothelial Venous"
+    assert rewrite_label("Fibroblast_Alveolar", "cl") == ["Fibroblast Alveolar"]
+    assert abbreviation_key("OPC_cells") == "opc"
+
+
+def test_a_camelcase_label_also_tries_the_key_older_collections_store() -> None:
+    keys = query_keys("SmoothMuscle")
+    assert keys[:2] == ["smooth muscle", "smoothmuscle"]
+
+
+def test_lexical_tokens_are_the_same_for_index_and_query_spellings() -> None:
+    assert set(lexical_tokens("Lung Fibroblasts")) == set(lexical_tokens("fibroblast of lung"))
+    assert set(lexical_tokens("Fibroblast_Lung")) == {"fibroblast", "lung"}
+    assert lexical_tokens("Monocytes/Macrophages") == ["monocyte", "macrophage"]
+    assert lexical_tokens("CD4+ T cells") == ["cd4", "positive", "t", "cell"]
+    assert lexical_tokens("the of and") == []

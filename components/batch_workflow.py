@@ -29,6 +29,7 @@ import pulumi_docker_build as docker_build
 
 from components.chroma_service import assume_role_policy, execution_role_policy
 from components.encryption import decrypt_secrets_statement
+from components.images import PLATFORM, digest_uri
 from components.task_args import ChromaTaskArgs
 from components.task_definition import (
     RUNTIME_PLATFORM,
@@ -443,10 +444,11 @@ class BatchWorkflow(pulumi.ComponentResource):
             f"{name}-lambda",
             context=docker_build.BuildContextArgs(location=args.context),
             dockerfile=docker_build.DockerfileArgs(location=LAMBDA_DOCKERFILE),
-            platforms=[docker_build.Platform.LINUX_ARM64],
+            platforms=[PLATFORM],
             push=True,
             tags=[repo.repository_url.apply(lambda url: f"{url}:latest")],
             registries=[docker_build.RegistryArgs(address=repo.repository_url, username=auth.user_name,
                                                   password=pulumi.Output.secret(auth.password))],
             opts=pulumi.ResourceOptions(parent=self))
-        return image.ref
+        # Not `image.ref` (repo:tag@digest): Lambda accepts only repo:tag or repo@digest.
+        return pulumi.Output.all(repo.repository_url, image.digest).apply(lambda v: digest_uri(v[0], v[1]))

@@ -46,6 +46,22 @@ def mirror_dockerfile(image: str) -> str:
     return f"FROM {image}\n"
 
 
+def digest_uri(repository_url: str, digest: str) -> str:
+    """`<repository>@sha256:<hex>`: the image reference a Lambda function's `ImageUri` accepts.
+
+    Lambda takes `repo:tag` or `repo@sha256:digest` but refuses `repo:tag@sha256:digest`, the form of
+    `docker_build.Image.ref` ("Source image ... is not valid. Provide a valid source image"; see
+    https://github.com/pulumi/pulumi-docker-build/issues/571 and
+    https://docs.aws.amazon.com/lambda/latest/dg/images-create.html). The digest pins the exact build,
+    so a rebuild updates the functions.
+    """
+    if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
+        raise ValueError(f"image digest {digest!r} is not sha256:<64 hex digits>; was the image pushed?")
+    if "@" in repository_url or ":" in repository_url.rpartition("/")[2]:
+        raise ValueError(f"{repository_url!r} is not a bare repository URL (it carries a tag or digest)")
+    return f"{repository_url}@{digest}"
+
+
 @dataclass
 class ImagesArgs:
     # Build context of the project image (the repository root, where `pulumi up` runs).

@@ -131,13 +131,16 @@ const handlers = Object.fromEntries(
   Object.entries(taskStates(job.definition.States)).map(([name, state]) => [name, bridgeHandler(job.bridge, name, state)]),
 );
 let result;
+let forwarding = Promise.resolve();
 try {
   const machine = new StateMachine(job.definition, { validationOptions: { checkArn: true, checkPaths: true } });
   const execution = machine.run(job.input, {
     overrides: { taskResourceLocalHandlers: handlers, retryIntervalOverrides: job.retryIntervalOverrides ?? {} },
     context: job.context,
   });
-  forwardEvents(execution.eventLogs).catch(() => {});
+  forwarding = forwardEvents(execution.eventLogs).catch((error) => {
+    emit({ raw: `event forwarding failed: ${error}` });
+  });
   result = { status: 'SUCCEEDED', output: await execution.result };
 } catch (error) {
   if (error instanceof ExecutionTimeoutError) {
@@ -152,4 +155,10 @@ try {
     result = { status: 'FAILED', error: 'LocalRunnerError', cause: String(error?.stack ?? error) };
   }
 }
-process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
+// every event reported before the result: the logger closes at the execution's end, so this ends
+// too (a timed-out execution's stragglers are not waited for past a second)
+await Promise.race([forwarding, new Promise((resolve) => { setTimeout(resolve, 1000); })]);
+// exit once both pipes are flushed: a large event line may still be queued (process.exit drops it)
+process.stdout.write(`${JSON.stringify(result)}\n`, () => {
+  process.stderr.write('', () => process.exit(0));
+});

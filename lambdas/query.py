@@ -13,6 +13,7 @@ import boto3
 
 from ontosearch.constants import ENV_TOKEN_SECRET_ARN
 from ontosearch.workflow import chroma_access, steps
+from ontosearch.workflow.errors import brief_errors
 
 
 def _client(url: str) -> Any:
@@ -27,5 +28,6 @@ def _embedder(name: str) -> Any:
     return get_embedder(name)
 
 
+@brief_errors
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     return steps.query_chunk(event, boto3.client("s3"), _client, _embedder)

@@ -9,8 +9,10 @@ import boto3
 
 from ontosearch.constants import ENV_WORKFLOW_BUCKET, ENV_WORKFLOW_CHUNK_SIZE
 from ontosearch.workflow import steps
+from ontosearch.workflow.errors import brief_errors
 
 
+@brief_errors
 def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     chunk_size = steps.env_int(ENV_WORKFLOW_CHUNK_SIZE, steps.DEFAULT_CHUNK_SIZE)
     return steps.validate(event.get("request"), event.get("execution"), boto3.client("s3"),

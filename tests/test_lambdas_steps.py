@@ -53,6 +53,15 @@ def test_split_keeps_every_row_with_its_number_and_reader_error(s3) -> None:
     assert rows[1]["error"]  # the empty label is kept as an error row, not dropped
 
 
+def test_split_reads_an_input_with_the_longest_key_s3_allows(s3) -> None:
+    """A key's last part is up to 1,024 bytes, past a file name's 255: Split streams the object
+    instead of downloading it under its own name (which failed with "File name too long")."""
+    key = "inputs/" + "a" * (steps.MAX_INPUT_KEY_BYTES - len("inputs/") - len(".txt")) + ".txt"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=b"T cell\nB cell\n")
+    result = split_lambda.handler({"job": job(key, "txt"), "execution": "e-long"})
+    assert result["rows"] == 2 and result["chunks"] == 1
+
+
 def test_a_chunk_of_only_error_rows_needs_no_server_and_a_retry_overwrites_its_part(s3) -> None:
     s3.put_object(Bucket=BUCKET, Key=steps.chunk_key("e2", 0),
                   Body=b'{"row": 1, "label": "", "error": "empty label"}\n')

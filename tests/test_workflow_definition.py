@@ -256,7 +256,10 @@ def test_a_failed_chunk_records_its_error_and_the_execution_fails_with_it(defini
     child = definition["States"]["QueryChunks"]["ItemProcessor"]["States"]
     query = child["QueryChunk"]
     assert query["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
-                               "Next": "RecordChunkFailure"}]
+                               "Next": "ExplainChunkFailure"}]
+    # reduced to its message first, as the parent's failure path does
+    assert child["ExplainChunkFailure"]["Default"] == "RecordChunkFailure"
+    assert child["KeepChunkFailureMessage"]["Next"] == "RecordChunkFailure"
     record = child["RecordChunkFailure"]
     assert record["Resource"] == wd.S3_PUT_OBJECT
     assert record["Parameters"]["Key.$"] == "$.failure_key"
@@ -278,7 +281,9 @@ def test_only_a_complete_lambda_error_body_is_parsed(definition) -> None:
     import fnmatch
 
     states = definition["States"]
-    for prefix in ("Failure", "InputFailure"):
+    child = states["QueryChunks"]["ItemProcessor"]["States"]
+    for prefix in ("Failure", "InputFailure", "ChunkFailure"):
+        states = child if prefix == "ChunkFailure" else definition["States"]
         present = states[f"Explain{prefix}"]
         assert present["Choices"][0] == {"Variable": "$.error.Cause", "IsPresent": True,
                                          "Next": f"Explain{prefix}Cause"}

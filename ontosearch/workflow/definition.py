@@ -367,9 +367,11 @@ def _query_chunks(s: WorkflowSettings) -> dict[str, Any]:
                         },
                     ],
                     "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
-                               "Next": "RecordChunkFailure"}],
+                               "Next": "ExplainChunkFailure"}],
                     "End": True,
                 },
+                # the record keeps the message, not the Lambda's whole error body
+                **_explain_states("ChunkFailure", "RecordChunkFailure"),
                 "RecordChunkFailure": {
                     "Type": "Task",
                     "Comment": "Leaves the chunk's error where the parent execution reads it.",

@@ -100,10 +100,13 @@ class TaskFailure(Exception):
 
 
 def lambda_failure(exc: BaseException) -> TaskFailure:
-    """What lambda:invoke reports for a function error: errorType as Error, the JSON body as Cause."""
+    """What lambda:invoke reports for a function error: errorType as Error, the JSON body as Cause.
+
+    The body as the Python runtime (awslambdaric) writes it: the message, the class name and the
+    traceback's frames (traceback.format_list, without the message line), with json.dumps."""
     name = type(exc).__name__
-    body = {"errorMessage": str(exc), "errorType": name,
-            "stackTrace": traceback.format_exception(exc)[-6:]}
+    body = {"errorMessage": str(exc), "errorType": name, "requestId": str(uuid.uuid4()),
+            "stackTrace": traceback.format_list(traceback.extract_tb(exc.__traceback__))}
     return TaskFailure(name, json.dumps(body))
 
 
@@ -749,11 +752,16 @@ class LocalWorkflow:
         limit = timeout or machine_timeout + 60
         try:
             line = _read_line(process.stdout, limit)
+            if line:  # the runner exits by itself once its event lines are flushed
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
             if process.poll() is None:
                 process.kill()
             process.wait()
-            reader.join(timeout=2)
+            reader.join(timeout=10)
         self.bridge.callbacks.close_all()
         try:
             result = json.loads(line)

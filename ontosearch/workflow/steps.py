@@ -278,15 +278,16 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
     execution = _execution(execution)
     size = max(1, int(job.get("chunk_size") or DEFAULT_CHUNK_SIZE))
     chunks = rows = 0
+    try:
+        body = s3.get_object(Bucket=job["bucket"], Key=job["key"])["Body"]
+    except Exception as exc:
+        if not _missing(exc):
+            raise
+        raise InvalidInputError(
+            f"input {job['input']} disappeared after validation; upload it again") from None
+    # read as it arrives: no copy in /tmp, memory bounded by one chunk whatever the file's size
+    source = io.BufferedReader(_ReadableBody(body), buffer_size=1 << 20)
     with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp:
-        local = Path(tmp) / Path(job["key"]).name
-        try:
-            s3.download_file(job["bucket"], job["key"], str(local))
-        except Exception as exc:
-            if not _missing(exc):
-                raise
-            raise InvalidInputError(
-                f"input {job['input']} disappeared after validation; upload it again") from None
         manifest_path = Path(tmp) / CHUNK_MANIFEST_NAME
         buffer: list[str] = []
         with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest:
@@ -301,7 +302,7 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
                 chunks += 1
                 buffer.clear()
 
-            for row, label, error in read_labels(local, job["format"], job.get("column")):
+            for row, label, error in read_labels(source, job["format"], job.get("column")):
                 rows += 1
                 buffer.append(json.dumps({"row": row, "label": label, "error": error}, ensure_ascii=False))
                 if len(buffer) >= size:
@@ -317,6 +318,22 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
         "results_prefix": map_results_prefix(execution),
         "failure_key": chunk_failure_key(execution),
     }
+
+
+class _ReadableBody(io.RawIOBase):
+    """An S3 GetObject body as a raw binary stream, so io.BufferedReader (and the label readers'
+    text wrapper over it) can read it incrementally."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._body.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Iterator[dict[str, Any]]:

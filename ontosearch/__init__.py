@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["__version__", "connect", "match"]
+__all__ = ["__version__", "annotate_anndata", "connect", "match"]
 
 # The library's version, as SSSOM output names its mapping tool.
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ontosearch.anndata_io import annotate_anndata
     from ontosearch.connect import connect
     from ontosearch.matcher import match
 
@@ -25,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from ontosearch.connect import connect
 
         return connect
+    if name == "annotate_anndata":
+        from ontosearch.anndata_io import annotate_anndata
+
+        return annotate_anndata
     if name == "match":
         from ontosearch.matcher import match
 

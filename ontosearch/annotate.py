@@ -64,13 +64,17 @@ def output_format(path: str, fmt: str | None) -> str:
 
 
 def result_writer(fmt: str, handle: IO[Any], ontology: str, collection: Any, embedder: Any,
-                  min_confidence: str | None) -> Any:
+                  min_confidence: str | None, counted: bool = False) -> Any:
     """The writer for `fmt`; SSSOM needs the collection's ontology release and the embedder. A
-    writer with a `close()` (Parquet) must be closed before the output is moved into place."""
+    writer with a `close()` (Parquet) must be closed before the output is moved into place.
+    `counted`: rows are distinct labels and CSV/Parquet gain the `n_rows` column (AnnData input)."""
+    from ontosearch.anndata_io import N_ROWS_COLUMN
+
     if fmt == "parquet":
         from ontosearch.parquet_io import ParquetResultWriter
 
-        return ParquetResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
+        return ParquetResultWriter(handle, ontology=ontology, min_confidence=min_confidence,
+                                   extra_columns=[(N_ROWS_COLUMN, "int64")] if counted else ())
     if fmt == "sssom":
         from ontosearch import __version__
         from ontosearch.sssom import SssomWriter
@@ -78,7 +82,49 @@ def result_writer(fmt: str, handle: IO[Any], ontology: str, collection: Any, emb
         version = (collection.metadata or {}).get("version", "")
         return SssomWriter(handle, ontology, version, __version__, embedder=embedder.name,
                            min_confidence=min_confidence)
-    return ResultWriter(handle, ontology=ontology, min_confidence=min_confidence)
+    return ResultWriter(handle, ontology=ontology, min_confidence=min_confidence,
+                        extra_columns=(N_ROWS_COLUMN,) if counted else ())
+
+
+def _h5ad_groups(args: argparse.Namespace) -> tuple[list[Any], Any]:
+    """The distinct labels of the .h5ad input's obs column and each cell's index into them."""
+    from ontosearch.anndata_io import AnnDataError, group_labels, read_obs_column
+
+    if not args.column:
+        raise AnnotateError("an .h5ad input needs --column: the obs column that holds the labels "
+                            "(for example --column cell_type)")
+    source = Path(args.input).expanduser()
+    if args.h5ad_out and Path(args.h5ad_out).expanduser().resolve() == source.resolve():
+        raise AnnotateError("--h5ad-out would overwrite the input; give another path for the annotated copy")
+    try:
+        return group_labels(read_obs_column(source, args.column), args.column, args.max_label_chars)
+    except AnnDataError as exc:
+        raise AnnotateError(str(exc)) from None
+
+
+def _write_h5ad_copy(args: argparse.Namespace, writer: Any, cells: Any, ontology: str,
+                     min_confidence: str | None) -> str:
+    """Writes --h5ad-out; returns a summary line."""
+    from ontosearch.anndata_io import (
+        AnnDataError,
+        cell_columns,
+        first_terms,
+        schema_columns,
+        write_annotated_copy,
+    )
+
+    id_column, label_column = schema_columns(ontology)
+    terms = first_terms(writer.groups, writer.answers, ontology, min_confidence)
+    ids, names = cell_columns(terms, cells)
+    try:
+        write_annotated_copy(Path(args.input).expanduser(), Path(args.h5ad_out).expanduser(),
+                             {id_column: ids, label_column: names})
+    except (AnnDataError, OSError) as exc:
+        raise AnnotateError(f"--h5ad-out: {exc}") from None
+    annotated = sum(group.n_rows for group, (term_id, _) in zip(writer.groups, terms, strict=True)
+                    if term_id not in (None, "unknown"))
+    return (f"annotate: {len(cells)} cells, {annotated} with a term in {id_column} and {label_column} "
+            f"-> {args.h5ad_out}")
 
 
 class AnnotateError(RuntimeError):
@@ -100,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--input", required=True,
-                        help="labels: .txt (one a line), .csv/.tsv, .jsonl, .parquet")
+                        help="labels: .txt (one a line), .csv/.tsv, .jsonl, .parquet, or an AnnData .h5ad "
+                        "(with --column naming the obs column; one set of rows per distinct label)")
     parser.add_argument("--ontology", required=True,
                         help="cl, uberon, mondo or an alias (cell_type, tissue, disease)")
     parser.add_argument("--output", required=True,
@@ -109,9 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="csv, sssom (an SSSOM mapping set) or parquet; default: from --output's name")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                         help=f"terms per label (default {DEFAULT_TOP_K})")
-    parser.add_argument("--column", help="CSV/TSV header name or Parquet column (default: the first) or "
-                        "JSONL key (default: label)")
-    parser.add_argument("--format", choices=FORMATS, help="input format (default: from the extension)")
+    parser.add_argument("--column", help="CSV/TSV header name or Parquet column (default: the first), "
+                        "JSONL key (default: label) or .h5ad obs column (required)")
+    parser.add_argument("--format", choices=(*FORMATS, "h5ad"),
+                        help="input format (default: from the extension)")
+    parser.add_argument("--h5ad-out", metavar="PATH", default=None,
+                        help="with an .h5ad input: write a copy whose obs gains the CELLxGENE term id column "
+                        "(cell_type_ontology_term_id, tissue_..., disease_...) and a label column for every "
+                        "cell")
     parser.add_argument("--snapshot", help="snapshot directory (manifest.json + archive) to annotate against")
     parser.add_argument("--embedder", default=None,
                         help="embedder for building the local index on first use "
@@ -358,10 +410,19 @@ def run(args: argparse.Namespace) -> int:
     if fmt in BINARY_OUTPUTS and args.output == "-":
         raise AnnotateError(f"{fmt} output needs a file: give --output a path such as out.{fmt} "
                             "(standard output takes CSV or SSSOM)")
+    h5ad = args.format == "h5ad" or (args.format is None and args.input.lower().endswith(".h5ad"))
+    if args.h5ad_out and not h5ad:
+        raise AnnotateError("--h5ad-out needs an .h5ad --input (it writes an annotated copy of that file)")
     # Check the input before any slow setup, so a typo fails at once.
-    rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
-    first = next(rows, None)  # a --column missing from the header raises here
-    rows = itertools.chain([] if first is None else [first], rows)
+    groups: list[Any] = []
+    cells = None
+    if h5ad:
+        groups, cells = _h5ad_groups(args)
+        rows: Iterator[Any] = iter([(row, group.label, group.error) for row, group in enumerate(groups, 1)])
+    else:
+        rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
+        first = next(rows, None)  # a --column missing from the header raises here
+        rows = itertools.chain([] if first is None else [first], rows)
     progress = not args.quiet
 
     client, where = open_client(args, ontology, progress)
@@ -385,7 +446,11 @@ def run(args: argparse.Namespace) -> int:
         bar = tqdm(desc="annotating", unit="label", file=sys.stderr, disable=None)
     try:
         with _output(args.output, binary=fmt in BINARY_OUTPUTS) as handle:
-            writer = result_writer(fmt, handle, ontology, collection, embedder, min_confidence)
+            writer = result_writer(fmt, handle, ontology, collection, embedder, min_confidence, counted=h5ad)
+            if h5ad:
+                from ontosearch.anndata_io import GroupWriter
+
+                writer = GroupWriter(writer, groups)
             failed = annotate_stream(rows, writer, ontology, args.top_k, client, args.chunk_rows, bar,
                                      embedder=embedder)
             if hasattr(writer, "close"):
@@ -405,4 +470,7 @@ def run(args: argparse.Namespace) -> int:
     if counts.get("skipped"):
         _err(f"annotate: {counts['skipped']} rows without a label are not in the SSSOM output (SSSOM needs a "
              "subject_label); write CSV to see them with their reasons")
+    if args.h5ad_out:
+        print(_write_h5ad_copy(args, writer, cells, ontology, min_confidence), flush=True,
+              file=sys.stderr if args.output == "-" else sys.stdout)
     return 1 if failed else 0

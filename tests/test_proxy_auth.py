@@ -22,6 +22,7 @@ from ontosearch.proxy import NginxProxy, nginx_executable
 from ontosearch.serve import LocalTask
 
 READ = "ReadTokenForTheMatrix0123456789"
+API_ROOT = "/api/v2"
 ADMIN = "AdminTokenForTheMatrix987654321"
 WRONG = "WrongTokenForTheMatrix000000000"
 DB = "/api/v2/tenants/default_tenant/databases/default_database"
@@ -192,13 +193,24 @@ def test_header_whitespace_is_not_part_of_the_token(stack: Stack) -> None:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 @pytest.mark.parametrize("credentials", ["none", "wrong", "read", "admin"])
-def test_heartbeat_is_open(stack: Stack, method: str, credentials: str) -> None:
+@pytest.mark.parametrize("path", [HEARTBEAT_PATH, API_ROOT], ids=["heartbeat", "api-root"])
+def test_heartbeat_is_open(stack: Stack, method: str, credentials: str, path: str) -> None:
+    """Chroma answers its heartbeat on /api/v2/heartbeat and on the bare /api/v2, which chromadb's
+    AsyncHttpClient.heartbeat() requests; both pass without a token."""
     headers = {"none": [], "wrong": x_token(WRONG), "read": x_token(READ),
                "admin": bearer(ADMIN)}[credentials]
-    response = send(stack.port, method, HEARTBEAT_PATH, headers)
+    response = send(stack.port, method, path, headers)
     assert response.status == 200
     if method == "GET":
         assert "nanosecond heartbeat" in response.json()
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_the_api_root_serves_only_the_heartbeat(stack: Stack, method: str) -> None:
+    response = send(stack.port, method, API_ROOT, x_token(ADMIN), b"{}" if method != "OPTIONS" else b"")
+    assert response.status == 405
+    assert send(stack.port, "GET", API_ROOT + "/", x_token(READ)).status == 404  # as Chroma itself
+    assert stack.count() == RECORDS
 
 
 def test_healthcheck_is_not_open(stack: Stack) -> None:
@@ -289,7 +301,7 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", 
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("credentials", ["none", "read", "admin"])
-@pytest.mark.parametrize("target", ["/api/v2/version", "collection", "count", HEARTBEAT_PATH, "/"])
+@pytest.mark.parametrize("target", ["/api/v2/version", "collection", "count", HEARTBEAT_PATH, API_ROOT, "/"])
 def test_every_method_is_refused_unless_the_rules_allow_it(stack: Stack, method: str, credentials: str,
                                                            target: str) -> None:
     # An admin's DELETE/PUT on the shared collection would really change it: aim at a missing one.
@@ -301,7 +313,7 @@ def test_every_method_is_refused_unless_the_rules_allow_it(stack: Stack, method:
     assert response.status < 500, response.body
     reads = {"GET", "HEAD"}
     allowed = (
-        (target == HEARTBEAT_PATH and method in reads)
+        (target in (HEARTBEAT_PATH, API_ROOT) and method in reads)
         or (target.startswith("/api/v2/") and credentials != "none" and method in reads)
         or (target.startswith("/api/v2/") and credentials == "admin" and method in {"POST", "PUT", "DELETE"})
     )
@@ -472,6 +484,25 @@ def test_chromadb_client_reads_with_the_read_token(stack: Stack, headers: dict[s
     assert result["ids"][0][0] == "t2"
     assert collection.get(ids=["t3"])["documents"] == ["term 3"]
     assert collection.peek(limit=1)["ids"]
+
+
+@pytest.mark.parametrize("headers", [{TOKEN_HEADER: READ}, {"Authorization": f"Bearer {ADMIN}"}],
+                         ids=["read-token", "admin-token"])
+def test_chromadb_async_client_heartbeat_and_reads(stack: Stack, headers: dict[str, str]) -> None:
+    """chromadb's AsyncHttpClient, unchanged (its constructor needs a token, as HttpClient's does):
+    its heartbeat() is a bare GET /api/v2."""
+    import asyncio
+
+    import chromadb
+
+    async def use() -> tuple[int, int]:
+        client = await chromadb.AsyncHttpClient(host="127.0.0.1", port=stack.port, headers=headers)
+        beat = await client.heartbeat()
+        collection = await client.get_collection(COLLECTION)
+        return beat, await collection.count()
+
+    beat, count = asyncio.run(use())
+    assert beat > 0 and count == RECORDS
 
 
 def test_chromadb_client_writes_are_refused_with_the_read_token(stack: Stack) -> None:

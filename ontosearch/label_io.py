@@ -326,21 +326,16 @@ def result_lines(
                 f"{sure}) is below the minimum confidence {min_confidence}"
             )
         return "no_match", [[text, ontology, "", "", "", "", "", "", STATUS_NO_MATCH, reason]]
-    return "annotated", [
-        [
-            text,
-            ontology,
-            _field(m, "rank"),
-            _field(m, "term_id"),
-            _field(m, "term_label"),
-            f"{float(_field(m, 'score')):.4f}",
-            _field(m, "match_type", ""),
-            _field(m, "confidence", ""),
-            status,
-            note,
-        ]
-        for m in kept
-    ]
+    return "annotated", [[text, ontology, *_match_fields(m), status, note] for m in kept]
+
+
+def _match_fields(match: Any) -> tuple[Any, ...]:
+    """rank, term_id, term_label, score (4 decimals), match_type, confidence of a Match or a dict."""
+    if isinstance(match, dict):
+        return (match["rank"], match["term_id"], match["term_label"], f"{float(match['score']):.4f}",
+                match.get("match_type", ""), match.get("confidence", ""))
+    return (match.rank, match.term_id, match.term_label, f"{float(match.score):.4f}",
+            getattr(match, "match_type", ""), getattr(match, "confidence", ""))
 
 
 class ResultWriter:

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,21 @@ def uv_target(platform: Platform) -> str:
     return f"{platform.machine}-manylinux_2_{usable[-1]}"
 
 
+_UV_LOCK = threading.Lock()
+_UV: list[str] = []
+
+
+def uv_binary() -> str:
+    """The uv executable of the `uv` package, looked up once (its lookup reads sysconfig, whose first
+    use is not thread-safe: concurrent resolutions could see a half-filled configuration)."""
+    with _UV_LOCK:
+        if not _UV:
+            from uv import find_uv_bin
+
+            _UV.append(find_uv_bin())
+        return _UV[0]
+
+
 @dataclass
 class Resolution:
     ok: bool
@@ -243,13 +259,11 @@ def resolve(requirements: Sequence[Path], platform: Platform, timeout: float = 2
     """
     import tomllib
 
-    from uv import find_uv_bin
-
     with tempfile.TemporaryDirectory(prefix="ontosearch-resolve-") as tmp:
         lock = Path(tmp) / "pylock.toml"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_"))}
         env["UV_NO_CONFIG"] = "1"
-        command = [find_uv_bin(), "pip", "compile", "--quiet", "--no-config", "--no-progress",
+        command = [uv_binary(), "pip", "compile", "--quiet", "--no-config", "--no-progress",
                    "--cache-dir", str(Path(tmp) / "cache"), "--index-url", index_url,
                    "--python-platform", uv_target(platform),
                    "--python-version", f"{platform.python[0]}.{platform.python[1]}",

@@ -100,7 +100,7 @@ def test_lambda_runtime_stage_has_the_handlers_packages_and_no_torch(resolutions
 
 
 def test_torch_pin_has_no_wheel_for_amazon_linux_2(tmp_path: Path) -> None:
-    """Why the Lambda image left public.ecr.aws/lambda/python:3.11: torch for aarch64 needs glibc 2.28."""
+    """Why the Lambda image left public.ecr.aws/lambda/python:3.11 (Amazon Linux 2, glibc 2.26)."""
     why = ip.pypi_reachable()
     if why:
         pytest.skip(f"image platform check needs PyPI: {why}")
@@ -108,8 +108,12 @@ def test_torch_pin_has_no_wheel_for_amazon_linux_2(tmp_path: Path) -> None:
     pin = next(line for line in lines if line.startswith("torch=="))
     (tmp_path / "r.txt").write_text(pin + "\n")
     al2 = ip.BASE_IMAGES["public.ecr.aws/lambda/python:3.11"]
-    r = ip.resolve([tmp_path / "r.txt"], ip.Platform("aarch64", al2.glibc, al2.python))
+    on_al2 = ip.Platform("aarch64", al2.glibc, al2.python)
+    r = ip.resolve([tmp_path / "r.txt"], on_al2)
     assert not r.ok and "torch" in r.message, r.message
+    # Not torch alone: the runtime stage's onnxruntime (and numpy) ship aarch64 wheels for glibc >= 2.27 only.
+    r = ip.resolve([ROOT / "lambdas/requirements.txt"], on_al2)
+    assert not r.ok and ("onnxruntime" in r.message or "numpy" in r.message), r.message
 
 
 # --- offline: the Dockerfiles' requirement selection and its pins ------------------------------

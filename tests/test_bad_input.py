@@ -293,14 +293,19 @@ def test_split_puts_every_row_in_exactly_one_chunk(s3, data: bytes, fmt: str, ch
         return
     result = steps.split(job, "fuzz-exec", s3)
     chunks = list(steps.read_manifest(s3, BUCKET, result["manifest"]))
-    assert result["rows"] == len(expected) == sum(c["rows"] for c in chunks)
     assert result["chunks"] == len(chunks)
-    seen = []
+    labels = {}
     for chunk in chunks:
-        rows = steps.read_chunk(s3, BUCKET, chunk["key"])
-        assert len(rows) == chunk["rows"] <= chunk_size
-        seen += [(r["row"], r["label"], r["error"]) for r in rows]
-    assert seen == expected
+        entries = steps.read_chunk(s3, BUCKET, chunk["key"])
+        assert len(entries) == chunk["labels"] <= chunk_size
+        labels.update((e["id"], e["label"]) for e in entries)
+    # each distinct label once, and every row back in order from the row list
+    assert sorted(labels) == list(range(result["labels"])) and len(set(labels.values())) == len(labels)
+    body = s3.get_object(Bucket=BUCKET, Key=steps.rows_key("fuzz-exec"))["Body"].read().decode("utf-8")
+    listed = [json.loads(line) for line in body.split("\n") if line]
+    seen = [(r["label"], r["error"]) if isinstance(r, dict) else (labels[r], None) for r in listed]
+    assert result["rows"] == len(expected) == len(seen)
+    assert seen == [(label, error) for _, label, error in expected]
 
 
 # --- commands: bad arguments give one clear message, never a traceback ---------------------------

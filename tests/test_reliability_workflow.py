@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from process_census import replica_leftovers
 
+from ontosearch.workflow import steps
 from ontosearch.workflow.local import LocalTaskHandle, LocalWorkflow
 
 pytest_plugins = ["workflow_fixtures"]
@@ -87,9 +88,9 @@ def test_task_dying_mid_map_fails_with_that_cause_keeps_parts_and_a_rerun_comple
             assert stopped["Task"]["LastStatus"] == "STOPPED"
         # Parts written before the task died are kept; nothing was merged.
         parts = flow.keys(f"work/{run.execution}/parts/")
-        written = {f"work/{run.execution}/parts/0000{i}.csv" for i in (0, 1)}
+        written = {steps.part_key(run.execution, i) for i in (0, 1)}
         assert written <= set(parts)
-        assert f"work/{run.execution}/parts/00002.csv" not in parts
+        assert steps.part_key(run.execution, 2) not in parts
         assert flow.keys("results/") == []
         assert not replica_leftovers(task)
 

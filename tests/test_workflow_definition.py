@@ -246,7 +246,8 @@ def test_split_returns_fixed_size_fields_and_no_chunk_list_travels(definition) -
     states = definition["States"]
     assert states["Split"]["ResultSelector"] == {
         "manifest.$": "$.Payload.manifest", "chunks.$": "$.Payload.chunks", "rows.$": "$.Payload.rows",
-        "results_prefix.$": "$.Payload.results_prefix", "failure_key.$": "$.Payload.failure_key"}
+        "labels.$": "$.Payload.labels", "results_prefix.$": "$.Payload.results_prefix",
+        "failure_key.$": "$.Payload.failure_key"}
     assert states["Merge"]["Parameters"]["Payload"]["manifest.$"] == "$.split.manifest"
     text = json.dumps(definition)
     assert '"$.split.chunks"' not in text.replace('"chunks.$": "$.Payload.chunks"', "")

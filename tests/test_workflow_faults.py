@@ -59,8 +59,8 @@ def test_a_chunk_that_keeps_failing_fails_the_execution_and_keeps_finished_parts
         # the chunk before it finished and its part is kept; the failed one has none; nothing was merged
         # (the local Map may still run an iteration queued before the failure; AWS would not start it)
         parts = flow.keys(f"work/{run.execution}/parts/")
-        assert f"work/{run.execution}/parts/00000.csv" in parts
-        assert f"work/{run.execution}/parts/00001.csv" not in parts
+        assert steps.part_key(run.execution, 0) in parts
+        assert steps.part_key(run.execution, 1) not in parts
         assert flow.keys("results/") == []
         (task,) = run.tasks
         assert task.stopped_reason() == "StopTask"
@@ -91,8 +91,8 @@ def test_a_chunk_whose_proxy_keeps_failing_is_retried_with_backoff_then_fails(sm
         assert len(attempts[1]) == 3, "one try and two retries"
         assert len(attempts[0]) == 1
         parts = flow.keys(f"work/{run.execution}/parts/")
-        assert f"work/{run.execution}/parts/00000.csv" in parts
-        assert f"work/{run.execution}/parts/00001.csv" not in parts
+        assert steps.part_key(run.execution, 0) in parts
+        assert steps.part_key(run.execution, 1) not in parts
         (task,) = run.tasks
         assert task.stopped_reason() == "StopTask"
         assert not replica_leftovers(task)

@@ -72,8 +72,12 @@ def test_execution_annotates_every_row_saves_a_snapshot_and_stops_the_task(small
         best = {r["input"]: r["term_label"] for r in rows if r["rank"] == "1"}
         assert best["hepatocytes"] == "hepatocyte" and best["NK cells"] == "natural killer cell"
         assert {r["error"] for r in rows if r["status"] == "error"} >= {"empty label"}
-        # three chunks of at most four rows, each with its own part
-        assert len(flow.keys(f"work/{run.execution}/parts/")) == 3
+        # each distinct label queried once: 8 labels ("T cell" twice, two error rows not queried) in
+        # two chunks of at most four, each with its own part
+        assert len(flow.keys(f"work/{run.execution}/parts/")) == 2
+        queried = [e for e in run.events
+                   if e.get("event") == "StateEntered" and e.get("state") == "QueryChunk"]
+        assert len(queried) == 2
         # the saved version is published, pointed to, and restores
         saved = out["saved_snapshot"]
         assert saved and saved != first

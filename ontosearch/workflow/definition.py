@@ -312,8 +312,8 @@ def _stop_states(prefix: str, then: str, *, on_error: str, cluster: str) -> dict
 
 
 # What Split returns into $.split: S3 keys of bounded length (the execution name is at most 80
-# characters) and two counts, whatever the input's size.
-SPLIT_FIELDS = ("manifest.$", "chunks.$", "rows.$", "results_prefix.$", "failure_key.$")
+# characters) and three counts (chunks, rows, distinct labels), whatever the input's size.
+SPLIT_FIELDS = ("manifest.$", "chunks.$", "rows.$", "labels.$", "results_prefix.$", "failure_key.$")
 
 
 def _query_chunks(s: WorkflowSettings) -> dict[str, Any]:

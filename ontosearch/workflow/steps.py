@@ -4,10 +4,13 @@ The Lambda handlers in lambdas/ only parse their event and call these; the local
 same handlers. S3 layout inside the stack's bucket (prefixes in ontosearch.constants):
 
     inputs/...                                   what users upload (the only place inputs are read)
-    work/<execution>/chunks/<00000>.jsonl        the split input, one JSON row per line
-    work/<execution>/chunks.jsonl                the chunk manifest: one {"index", "key", "rows"} a
-                                                 line; the Distributed Map's ItemReader reads it
-    work/<execution>/parts/<00000>.csv           one query step's output; a retry overwrites it
+    work/<execution>/chunks/<00000>.jsonl        distinct labels, {"id", "label"} a line, each once
+    work/<execution>/chunks.jsonl                the chunk manifest: {"index", "key", "first", "labels"}
+                                                 a line; the Distributed Map's ItemReader reads it
+    work/<execution>/rows.jsonl                  every input row in order: its label's id, or
+                                                 {"label", "error"} for a row the reader refused
+    work/<execution>/parts/<00000>.jsonl         one query step's output: {"id", "kind", "text"} a
+                                                 label, `text` its output lines; a retry overwrites it
     work/<execution>/map-results/<run>/...       the Map Run's ResultWriter output (manifest.json,
                                                  SUCCEEDED_0.json, ...)
     work/<execution>/chunk-failure.json          the error of a chunk that failed ({"Error", "Cause"}),
@@ -15,8 +18,8 @@ same handlers. S3 layout inside the stack's bucket (prefixes in ontosearch.const
     work/<execution>/save-request.json           asks the task agent to publish a snapshot
     results/<execution>/annotations.csv          the merged output
 
-Chunks carry the input row number, the label or the reader's error, so every input row reaches the
-output exactly once per rank or once as an error row, as with `ontosearch annotate`.
+Each distinct label is queried once; Merge writes every input row in input order with its
+label's lines (an error row with its own), so the output is what `ontosearch annotate` writes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +49,7 @@ from ontosearch.workflow.errors import (
     InvalidInputError,
     MergeError,
 )
+from ontosearch.workflow.s3_stream import MultipartWriter, open_object
 
 DEFAULT_CHUNK_SIZE = 500
 MAX_TOP_K = 50
@@ -56,12 +61,12 @@ MAX_INPUT_KEY_BYTES = 1024  # S3's own limit on a key (UTF-8 bytes)
 MAX_COLUMN_CHARS = 256
 MAX_SNAPSHOT_NAME_CHARS = 128
 CHUNK_MANIFEST_NAME = "chunks.jsonl"
+ROWS_NAME = "rows.jsonl"
 MAP_RESULTS_NAME = "map-results"
 CHUNK_FAILURE_NAME = "chunk-failure.json"
 REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
 # execution names become key parts; Step Functions allows these characters (and a few we refuse)
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
-_PART_META = ("rows", "annotated", "errors")
 
 
 def _shown(value: Any, limit: int = 80) -> str:
@@ -94,11 +99,15 @@ def chunk_key(execution: str, index: int) -> str:
 
 
 def part_key(execution: str, index: int) -> str:
-    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/parts/{index:05d}.csv"
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/parts/{index:05d}.jsonl"
 
 
 def chunk_manifest_key(execution: str) -> str:
     return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{CHUNK_MANIFEST_NAME}"
+
+
+def rows_key(execution: str) -> str:
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{ROWS_NAME}"
 
 
 def map_results_prefix(execution: str) -> str:
@@ -268,72 +277,71 @@ def _resolve_snapshot(s3: Any, bucket: str, snapshot: str) -> tuple[Any, str]:
 # --- Split ---------------------------------------------------------------------------------------
 
 def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
-    """Read the input once, write chunks of `chunk_size` rows and the chunk manifest.
+    """Read the input once; write each distinct label once into chunks of `chunk_size` labels,
+    the row list (each input row: its label's number, or the reader's error) and the manifest.
 
-    Returns only fixed-size fields (S3 keys of bounded length and counts), whatever the input's
-    size: the chunk list is the manifest object the Distributed Map reads, not part of the state.
+    Work downstream is in proportion to distinct labels: a file of millions of rows of a few
+    thousand labels queries a few thousand. Memory holds one chunk and the label -> number map
+    (a bound in distinct labels, not rows); the input is read as it arrives, the row list goes
+    through /tmp. Returns only fixed-size fields (keys of bounded length, counts), whatever the
+    input's size: the chunk list is the manifest the Distributed Map reads, not part of the state.
     """
     from ontosearch.label_io import read_labels
 
     execution = _execution(execution)
     size = max(1, int(job.get("chunk_size") or DEFAULT_CHUNK_SIZE))
-    chunks = rows = 0
     try:
-        body = s3.get_object(Bucket=job["bucket"], Key=job["key"])["Body"]
+        source = open_object(s3, job["bucket"], job["key"])
     except Exception as exc:
         if not _missing(exc):
             raise
         raise InvalidInputError(
             f"input {job['input']} disappeared after validation; upload it again") from None
-    # read as it arrives: no copy in /tmp, memory bounded by one chunk whatever the file's size
-    source = io.BufferedReader(_ReadableBody(body), buffer_size=1 << 20)
+    numbers: dict[str, int] = {}
+    chunks = rows = 0
+    buffer: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp:
-        manifest_path = Path(tmp) / CHUNK_MANIFEST_NAME
-        buffer: list[str] = []
-        with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest:
+        manifest_path, rows_path = Path(tmp) / CHUNK_MANIFEST_NAME, Path(tmp) / ROWS_NAME
+        with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest, \
+                open(rows_path, "w", encoding="utf-8", newline="\n") as row_list:
 
             def flush() -> None:
                 nonlocal chunks
                 key = chunk_key(execution, chunks)
-                s3.put_object(Bucket=job["bucket"], Key=key,
-                              Body=("\n".join(buffer) + "\n").encode("utf-8"),
+                s3.put_object(Bucket=job["bucket"], Key=key, Body=("\n".join(buffer) + "\n").encode("utf-8"),
                               ContentType="application/x-ndjson")
-                manifest.write(json.dumps({"index": chunks, "key": key, "rows": len(buffer)}) + "\n")
+                first = len(numbers) - len(buffer)
+                manifest.write(json.dumps({"index": chunks, "key": key, "first": first,
+                                           "labels": len(buffer)}) + "\n")
                 chunks += 1
                 buffer.clear()
 
-            for row, label, error in read_labels(source, job["format"], job.get("column")):
+            for _row, label, error in read_labels(source, job["format"], job.get("column")):
                 rows += 1
-                buffer.append(json.dumps({"row": row, "label": label, "error": error}, ensure_ascii=False))
-                if len(buffer) >= size:
-                    flush()
+                if error is not None or label is None:
+                    row_list.write(json.dumps({"label": label, "error": error}, ensure_ascii=False) + "\n")
+                    continue
+                number = numbers.get(label)
+                if number is None:
+                    number = numbers[label] = len(numbers)
+                    buffer.append(json.dumps({"id": number, "label": label}, ensure_ascii=False))
+                    if len(buffer) >= size:
+                        flush()
+                row_list.write(f"{number}\n")
             if buffer:
                 flush()
+        s3.upload_file(str(rows_path), job["bucket"], rows_key(execution),
+                       ExtraArgs={"ContentType": "application/x-ndjson"})
         s3.upload_file(str(manifest_path), job["bucket"], chunk_manifest_key(execution),
                        ExtraArgs={"ContentType": "application/x-ndjson"})
     return {
         "manifest": chunk_manifest_key(execution),
         "chunks": chunks,
         "rows": rows,
+        "labels": len(numbers),
         "results_prefix": map_results_prefix(execution),
         "failure_key": chunk_failure_key(execution),
     }
-
-
-class _ReadableBody(io.RawIOBase):
-    """An S3 GetObject body as a raw binary stream, so io.BufferedReader (and the label readers'
-    text wrapper over it) can read it incrementally."""
-
-    def __init__(self, body: Any) -> None:
-        self._body = body
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._body.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 def read_manifest(s3: Any, bucket: str, key: str) -> Iterator[dict[str, Any]]:
@@ -353,6 +361,7 @@ def read_manifest(s3: Any, bucket: str, key: str) -> Iterator[dict[str, Any]]:
 # --- Query one chunk -----------------------------------------------------------------------------
 
 def read_chunk(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    """The labels of one chunk: {"id", "label"} each, in id order."""
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
@@ -368,36 +377,52 @@ def read_chunk(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
         raise ChunkQueryError(f"chunk s3://{bucket}/{key} is not valid JSON lines ({exc})") from None
 
 
+def label_block(label: str | None, error: str | None, matches: Iterable[Any], ontology: str
+                ) -> tuple[str, str]:
+    """The output lines of one input row as CSV text, and the count it adds to ("annotated",
+    "errors" or "no_match"): the writer `annotate` uses, so every row of a label gets the very
+    lines annotate writes for it."""
+    from ontosearch.label_io import ResultWriter
+
+    out = io.StringIO()
+    writer = ResultWriter(out, ontology=ontology, header=False)
+    writer.write(0, label, error, matches)
+    kind = next(k for k, v in writer.counts.items() if k != "rows" and v)
+    return out.getvalue(), kind
+
+
 def query_chunk(
     event: dict[str, Any],
     s3: Any,
     client_for: Callable[[str], Any],
     embedder_for: Callable[[str], Any],
 ) -> dict[str, Any]:
-    """Annotate one chunk and write its part; returns a small summary.
+    """Annotate the distinct labels of one chunk and write its part; returns a small summary.
 
-    `client_for(url)` gives a Chroma client through the task's proxy (it raises ChromaAuthError /
-    ChromaUnavailableError), `embedder_for(name)` the embedder named in the snapshot's manifest.
+    The part holds one JSON line per label, {"id", "kind", "text"}, `text` the label's output
+    lines. `client_for(url)` gives a Chroma client through the task's proxy (it raises
+    ChromaAuthError / ChromaUnavailableError), `embedder_for(name)` the snapshot's embedder.
     """
-    from ontosearch.label_io import write_rows
-
     job, chunk, execution = event["job"], event["chunk"], _execution(event["execution"])
-    rows = read_chunk(s3, job["bucket"], chunk["key"])
-    labels = [r["label"] for r in rows if r.get("error") is None and r.get("label") is not None]
-    matches: dict[str, list[Any]] = {}
+    entries = read_chunk(s3, job["bucket"], chunk["key"])
+    labels = [e["label"] for e in entries]
+    found: list[Any] = []
     if labels:
         client = client_for(event["url"])
         embedder = embedder_for(job["embedder"])
         found = _match(labels, job, client, embedder)
-        matches = dict(zip(labels, found, strict=True))
-    out = io.StringIO()
-    counts = write_rows(out, _result_rows(rows, matches), ontology=job["ontology"])
+    lines = []
+    kinds = dict.fromkeys(("annotated", "errors", "no_match"), 0)
+    for entry, matches in zip(entries, found, strict=True):
+        text, kind = label_block(entry["label"], None, matches, job["ontology"])
+        kinds[kind] += 1
+        lines.append(json.dumps({"id": entry["id"], "kind": kind, "text": text}, ensure_ascii=False))
     key = part_key(execution, int(chunk["index"]))
     s3.put_object(
-        Bucket=job["bucket"], Key=key, Body=out.getvalue().encode("utf-8"), ContentType="text/csv",
-        Metadata={name: str(counts[name]) for name in _PART_META},
+        Bucket=job["bucket"], Key=key, Body="".join(line + "\n" for line in lines).encode("utf-8"),
+        ContentType="application/x-ndjson", Metadata={"labels": str(len(entries))},
     )
-    return {"index": chunk["index"], "part": key, **{name: counts[name] for name in _PART_META}}
+    return {"index": chunk["index"], "part": key, "labels": len(entries), **kinds}
 
 
 # Matchers kept by a warm container between chunks, per (client, ontology, embedder, thread):
@@ -426,33 +451,35 @@ def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -
         raise ChunkQueryError(str(exc)) from None
 
 
-def _result_rows(rows: Iterable[dict[str, Any]], matches: dict[str, list[Any]]
-                 ) -> Iterable[tuple[int, str | None, str | None, list[Any]]]:
-    for row in rows:
-        label, error = row.get("label"), row.get("error")
-        yield int(row["row"]), label, error, ([] if error else matches.get(label, []))
-
-
 # --- Merge ---------------------------------------------------------------------------------------
 
 def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = None) -> dict[str, Any]:
-    """Concatenate the parts in chunk order into results/<execution>/annotations.csv and count.
+    """Write results/<execution>/annotations.csv: every input row in input order, each with its
+    label's lines from the parts (an error row with its own), as `annotate` writes them.
 
-    The chunks are those of the manifest Split wrote (`manifest`, default its key for the
-    execution); each part must cover exactly its chunk's rows.
+    The parts are laid down once in a local file of label blocks with an index of offsets (8
+    bytes a label in memory); then the row list is read as it arrives and the output uploaded
+    in parts as it is written (s3_stream.MultipartWriter), so memory does not grow with the rows
+    and /tmp holds the label blocks only. Every part must cover exactly its chunk's labels.
     """
+    from array import array
+
+    from ontosearch.label_io import write_rows
+
     execution = _execution(execution)
     bucket = job["bucket"]
     manifest_key = manifest or chunk_manifest_key(execution)
     if manifest_key != chunk_manifest_key(execution):
         raise MergeError(f"manifest {_shown(manifest_key, 200)} is not this execution's "
                          f"({chunk_manifest_key(execution)})")
+    kinds = ("annotated", "errors", "no_match")
     missing: list[str] = []
-    totals = dict.fromkeys(_PART_META, 0)
+    totals = dict.fromkeys(("rows", *kinds), 0)
     with tempfile.TemporaryDirectory(prefix="ontosearch-merge-") as tmp:
-        merged = Path(tmp) / "annotations.csv"
-        header_written = False
-        with open(merged, "w", encoding="utf-8", newline="") as handle:
+        blocks_path = Path(tmp) / "labels.bin"
+        offsets = array("Q", [0])
+        label_kinds = bytearray()
+        with open(blocks_path, "wb") as blocks:
             for chunk in read_manifest(s3, bucket, manifest_key):
                 key = part_key(execution, int(chunk["index"]))
                 try:
@@ -462,29 +489,70 @@ def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = N
                         raise
                     missing.append(key)
                     continue
-                meta = response.get("Metadata") or {}
-                for name in _PART_META:
-                    totals[name] += int(meta.get(name, 0))
-                if int(meta.get("rows", -1)) != int(chunk.get("rows", meta.get("rows", -1))):
-                    raise MergeError(f"part s3://{bucket}/{key} covers {meta.get('rows')} rows but its chunk "
-                                     f"has {chunk.get('rows')}; run the execution again")
-                text = response["Body"].read().decode("utf-8")
-                header, _, body = text.partition("\n")
-                if not header_written:
-                    handle.write(header + "\n")
-                    header_written = True
-                handle.write(body)
-            if not header_written:
-                from ontosearch.label_io import write_rows
-
-                write_rows(handle, [], ontology=job["ontology"])
+                if missing:
+                    continue  # the merge fails anyway; only the missing parts are still looked for
+                _check_room(tmp, int(response.get("ContentLength") or 0), key)
+                expected = int(chunk["labels"])
+                covered = int((response.get("Metadata") or {}).get("labels", -1))
+                if covered != expected or len(offsets) - 1 != int(chunk["first"]):
+                    raise MergeError(f"part s3://{bucket}/{key} covers {covered} labels but its chunk has "
+                                     f"{expected}; run the execution again")
+                for line in response["Body"].iter_lines():
+                    entry = json.loads(line)
+                    if entry["id"] != len(offsets) - 1:
+                        raise MergeError(f"part s3://{bucket}/{key} is out of order at label {entry['id']}; "
+                                         "run the execution again")
+                    data = entry["text"].encode("utf-8")
+                    blocks.write(data)
+                    offsets.append(offsets[-1] + len(data))
+                    label_kinds.append(kinds.index(entry["kind"]))
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise MergeError(
                 f"{len(missing)} part(s) missing ({shown}); the query step did not finish for them")
+        labels = len(offsets) - 1
         key = output_key(execution)
-        s3.upload_file(str(merged), bucket, key, ExtraArgs={"ContentType": "text/csv"})
-    return {"output": f"s3://{bucket}/{key}", **totals}
+        header = io.StringIO()
+        write_rows(header, [], ontology=job["ontology"])
+        try:
+            row_list = open_object(s3, bucket, rows_key(execution))
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            raise MergeError(f"the row list s3://{bucket}/{rows_key(execution)} is missing; "
+                             "run the execution again") from None
+        with open(blocks_path, "rb") as blocks, \
+                MultipartWriter(s3, bucket, key, content_type="text/csv") as out:
+            out.write(header.getvalue().encode("utf-8"))
+            for raw in row_list:
+                line = raw.decode("utf-8").rstrip("\n")
+                if not line:
+                    continue
+                totals["rows"] += 1
+                if line[0] == "{":  # an error row, with its own lines
+                    row = json.loads(line)
+                    text, kind = label_block(row["label"], row["error"], [], job["ontology"])
+                    out.write(text.encode("utf-8"))
+                    totals[kind] += 1
+                    continue
+                number = int(line)
+                if not 0 <= number < labels:
+                    raise MergeError(f"row {totals['rows']} names label {number}, of {labels}; "
+                                     "run the execution again")
+                blocks.seek(offsets[number])
+                out.write(blocks.read(offsets[number + 1] - offsets[number]))
+                totals[kinds[label_kinds[number]]] += 1
+    return {"output": f"s3://{bucket}/{key}", "rows": totals["rows"], "annotated": totals["annotated"],
+            "errors": totals["errors"]}
+
+
+def _check_room(tmp: str, incoming: int, key: str) -> None:
+    """The label blocks go to /tmp (the Merge Lambda's ephemeral storage): say so before it fills."""
+    free = shutil.disk_usage(tmp).free
+    if incoming > free:
+        raise MergeError(f"the label results do not fit the merge step's local storage ({free} bytes "
+                         f"free at {key}); use a smaller top_k or give the merge Lambda more ephemeral "
+                         "storage")
 
 
 # --- Save snapshot request -------------------------------------------------------------------------

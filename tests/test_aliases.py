@@ -94,7 +94,7 @@ def test_no_alias_conflicts_with_or_repeats_an_ontology_name(
 def abbreviation_answers(ontology: Ontology) -> dict[str, str]:
     """initialism -> the term the matcher's abbreviation lookup ranks strictly first for it.
 
-    Mirrors `matcher._rank` for abbreviation hits (general before taxon-specific, via a label,
+    Mirrors `matcher.fuse` for abbreviation hits (general before taxon-specific, via a label,
     generality capped, number of records) over the label and synonym records indexing writes.
     Only strict winners count: a tie is decided by vector similarity, which an alias settles.
     """

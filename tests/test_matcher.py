@@ -303,7 +303,7 @@ def test_synonym_and_alias_records_count_as_their_term_among_the_nearest() -> No
 
 
 def test_among_exact_hits_a_label_beats_an_alias_and_an_alias_beats_a_synonym() -> None:
-    from ontosearch.matcher import _rank
+    from ontosearch.matcher import fuse
 
     query = np.array([1.0, 0.0], dtype=np.float32)
 
@@ -313,13 +313,13 @@ def test_among_exact_hits_a_label_beats_an_alias_and_an_alias_beats_a_synonym() 
 
     # the synonym's record is the most similar to the query, and still ranks after the alias
     hits = {"ra": [record("MONDO:1", "synonym", 0.9), record("MONDO:2", "alias", 0.5)]}
-    assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]
+    assert [term for term, *_ in fuse(["ra"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]
     hits["ra"].append(record("MONDO:3", "label", 0.1))
-    assert [term for term, *_ in _rank(["ra"], hits, [], query, [])] == ["MONDO:3", "MONDO:2", "MONDO:1"]
+    assert [term for term, *_ in fuse(["ra"], hits, [], query, [])] == ["MONDO:3", "MONDO:2", "MONDO:1"]
 
 
 def test_terms_sharing_a_synonym_text_are_ordered_by_generality_not_by_id() -> None:
-    from ontosearch.matcher import _rank
+    from ontosearch.matcher import fuse
 
     query = np.array([1.0, 0.0], dtype=np.float32)
     same_vector = np.array([0.6, 0.8], dtype=np.float32)  # one text embeds to one vector
@@ -330,4 +330,4 @@ def test_terms_sharing_a_synonym_text_are_ordered_by_generality_not_by_id() -> N
         return meta, same_vector
 
     hits = {"xy": [record("MONDO:1", 0), record("MONDO:2", 10)]}
-    assert [term for term, *_ in _rank(["xy"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]
+    assert [term for term, *_ in fuse(["xy"], hits, [], query, [])] == ["MONDO:2", "MONDO:1"]

@@ -1,0 +1,215 @@
+"""The lexical channel: BM25 over every term's label, synonyms and aliases, beside the vectors.
+
+Why: an embedding of "Lung Fibroblasts" or "Kidney Pelvis" lands near the bare general term
+("fibroblast") or the organ, while the term meant ("fibroblast of lung", "renal pelvis") holds
+every content word of the label. Word overlap finds it regardless of word order, the way
+atlases and portals compose their labels ("Fibroblast_Lung", "Eye - Retina").
+
+Where from: the collection's own records, read through the chromadb client with
+`collection.get` (one of the read calls the read-token proxy allows), so the channel answers the
+same on an embedded store and through the proxy the Lambdas use. Chroma's own sparse/BM25 index
+is Chroma Cloud only (the local 1.5.9 server refuses it), so the index is built here, once per
+collection and process (`index_for`), and kept: a built collection never changes. Reading the
+records costs about 65 µs each (CL 5,800 records well under a second, MONDO 81,000 about 5 s), paid
+only when a label has no exact hit.
+
+BM25 itself is `bm25s` (pinned in requirements.txt): maintained, numpy only (no scipy, so it fits
+the Lambda image), and it scores a query against a precomputed sparse matrix instead of looping
+over documents in Python as `rank-bm25` (unreleased since 2022) does. Both sides are tokenised by
+`normalize.lexical_tokens`, so plurals, markers and atlas spellings meet the ontology's wording.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ontosearch.normalize import lexical_tokens
+
+# Records read per `collection.get` call: Chroma's get slows per record on larger pages
+# (65 µs per record at 1,000, 80 µs at 5,000, measured on the MONDO collection).
+PAGE = 1000
+# BM25's term-frequency saturation and length normalisation (Lucene's defaults): a short name
+# holding the label's words beats a long one holding them among many others.
+K1, B = 1.2, 0.75
+# Records scored per query before folding them into terms (terms have several names).
+_RECORDS_PER_TERM = 4
+# Collections whose index a process keeps (each is a few MB for MONDO's 81,000 names).
+CACHED_INDEXES = 4
+# A word pair counts as the ontology's own equivalence ("renal"/"kidney", "proliferating"/
+# "cycling", "tumor"/"neoplasm") when at least this many terms have two names that differ by just
+# that pair, and those terms are at least this share of the terms whose names use the rarer word:
+# "B cell"/"B lymphocyte" teaches cell/lymphocyte in only a small share of the terms with "cell".
+EQUIVALENCE_MIN_TERMS = 3
+EQUIVALENCE_MIN_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class LexicalHit:
+    """A term found by word overlap: its best-scoring name's record and BM25 score."""
+
+    term_id: str
+    record_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How the words of a label and of a term's best-fitting name overlap (equivalent words count):
+    `recall` the share of the label's words the name holds, `precision` the share of the name's
+    words the label explains. (1.0, 1.0) is the same words in any order."""
+
+    recall: float
+    precision: float
+
+
+class LexicalIndex:
+    """BM25 over a collection's names (one document per label, synonym or alias record)."""
+
+    def __init__(self, record_ids: Sequence[str], term_ids: Sequence[str], texts: Sequence[str]) -> None:
+        # Sorted by record id, so the index (and its tie-breaking) does not depend on the order
+        # in which a server returned the records.
+        order = sorted(range(len(record_ids)), key=record_ids.__getitem__)
+        self.record_ids = [record_ids[i] for i in order]
+        self.term_ids = [term_ids[i] for i in order]
+        tokens = [lexical_tokens(texts[i]) for i in order]
+        self._token_sets = [frozenset(words) for words in tokens]
+        self._records_of: dict[str, list[int]] = {}
+        for index, term_id in enumerate(self.term_ids):
+            self._records_of.setdefault(term_id, []).append(index)
+        self.equivalents = equivalences(
+            [self._token_sets[i] for i in records] for records in self._records_of.values()
+        )
+        import bm25s  # here, not at import: it loads in 0.2 s, and most runs need no lexical channel
+
+        self._bm25 = bm25s.BM25(k1=K1, b=B)
+        if tokens:
+            self._bm25.index(tokens, show_progress=False)
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    @classmethod
+    def from_collection(cls, collection: Any) -> LexicalIndex:
+        """Read every record's name and term through `collection.get`, page by page."""
+        record_ids: list[str] = []
+        term_ids: list[str] = []
+        texts: list[str] = []
+        offset = 0
+        while True:
+            got = collection.get(include=["metadatas"], limit=PAGE, offset=offset)
+            for record_id, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+                if meta and meta.get("text") and meta.get("term_id"):
+                    record_ids.append(record_id)
+                    term_ids.append(meta["term_id"])
+                    texts.append(meta["text"])
+            if len(got["ids"]) < PAGE:
+                return cls(record_ids, term_ids, texts)
+            offset += PAGE
+
+    def _expanded(self, words: list[str]) -> list[str]:
+        """The words and, after them, their equivalents, so "kidney pelvis" also asks for "renal"."""
+        extra = [other for word in words for other in sorted(self.equivalents.get(word, ()))]
+        return words + [word for word in dict.fromkeys(extra) if word not in words]
+
+    def _equivalent(self, word: str) -> frozenset[str]:
+        return self.equivalents.get(word, frozenset())
+
+    def fit(self, text: str, term_id: str) -> Fit:
+        """The overlap of `text`'s words with the term's best-fitting name (most recall, then precision)."""
+        words = set(lexical_tokens(text))
+        best = Fit(0.0, 0.0)
+        if not words:
+            return best
+        for record in self._records_of.get(term_id, ()):
+            name = self._token_sets[record]
+            if not name:
+                continue
+            covered = sum(1 for word in words if word in name or self._equivalent(word) & name)
+            explained = sum(1 for word in name if word in words or self._equivalent(word) & words)
+            candidate = Fit(covered / len(words), explained / len(name))
+            if (candidate.recall, candidate.precision) > (best.recall, best.precision):
+                best = candidate
+        return best
+
+    def search(self, texts: Sequence[str], k: int) -> list[list[LexicalHit]]:
+        """Per text, up to `k` terms by their best name's BM25 score, best first (ties by record
+        id). The text's words are asked for together with their equivalents (`equivalences`)."""
+        queries = [self._expanded(lexical_tokens(text)) for text in texts]
+        out: list[list[LexicalHit]] = [[] for _ in texts]
+        known = [i for i, words in enumerate(queries) if self._bm25.get_tokens_ids(words)]
+        if not known or not self.record_ids:
+            return out
+        n_records = min(len(self.record_ids), k * _RECORDS_PER_TERM)
+        docs, scores = self._bm25.retrieve(
+            [queries[i] for i in known], k=n_records, show_progress=False, n_threads=0,
+        )
+        for row, index in enumerate(known):
+            best: dict[str, LexicalHit] = {}
+            found = zip(np.asarray(docs[row]).tolist(), np.asarray(scores[row]).tolist(), strict=True)
+            for doc, score in found:
+                term_id = self.term_ids[doc]
+                held = best.get(term_id)
+                if score > 0 and (held is None or score > held.score):
+                    best[term_id] = LexicalHit(term_id, self.record_ids[doc], float(score))
+            out[index] = sorted(best.values(), key=lambda hit: (-hit.score, hit.record_id))[:k]
+        return out
+
+
+def equivalences(names_per_term: Iterable[Sequence[frozenset[str]]]) -> dict[str, frozenset[str]]:
+    """Word equivalences the ontology itself states: two names of one term that differ by exactly
+    one word each ("renal pelvis" / "pelvis of kidney", "proliferating T cell" / "cycling T cell").
+
+    Kept when attested by `EQUIVALENCE_MIN_TERMS` terms that are at least `EQUIVALENCE_MIN_SHARE`
+    of the terms whose names use the rarer word; only words of letters, three or longer (numbers
+    and single letters differ between numbered siblings' names for other reasons).
+    """
+    pairs: Counter[tuple[str, str]] = Counter()
+    terms_with: Counter[str] = Counter()
+    for names in names_per_term:
+        distinct = list(dict.fromkeys(name for name in names if name))
+        terms_with.update(set().union(*distinct) if distinct else ())
+        seen: set[tuple[str, str]] = set()
+        for first, second in itertools.combinations(distinct, 2):
+            only_first, only_second = first - second, second - first
+            if len(only_first) == 1 and len(only_second) == 1:
+                pair = tuple(sorted((next(iter(only_first)), next(iter(only_second)))))
+                if pair not in seen and all(len(word) >= 3 and word.isalpha() for word in pair):
+                    seen.add(pair)
+                    pairs[pair] += 1
+    out: dict[str, set[str]] = {}
+    for (first, second), count in pairs.items():
+        rarer = min(terms_with[first], terms_with[second])
+        if count >= EQUIVALENCE_MIN_TERMS and count >= EQUIVALENCE_MIN_SHARE * rarer:
+            out.setdefault(first, set()).add(second)
+            out.setdefault(second, set()).add(first)
+    return {word: frozenset(others) for word, others in out.items()}
+
+
+_INDEXES: OrderedDict[str, LexicalIndex] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def index_for(collection: Any) -> LexicalIndex:
+    """The lexical index of `collection`, built on first use and kept per process.
+
+    Keyed by the collection's id: a rebuilt collection is a new collection with a new id, so a
+    kept index never answers for records it was not built from.
+    """
+    key = f"{collection.id}:{collection.name}"
+    with _LOCK:
+        if key in _INDEXES:
+            _INDEXES.move_to_end(key)
+            return _INDEXES[key]
+    built = LexicalIndex.from_collection(collection)
+    with _LOCK:
+        _INDEXES[key] = built
+        while len(_INDEXES) > CACHED_INDEXES:
+            _INDEXES.popitem(last=False)
+    return built

@@ -1,0 +1,220 @@
+"""The lexical channel (BM25 over term names, with the ontology's own word equivalences) and its
+fusion with the dense channel: on hand-made names for the rules, on real Chroma (embedded, and a
+read-token client through the real auth proxy) for the channel as the matcher uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import chromadb
+import numpy as np
+import pytest
+
+from ontosearch.indexing import collection_name, index_ontology
+from ontosearch.lexical import Fit, LexicalIndex, equivalences, index_for
+from ontosearch.matcher import LEXICAL_WEIGHT, _fused, match
+from ontosearch.normalize import lexical_tokens
+from ontosearch.ontologies import Ontology, Term
+
+
+def index_of(names: dict[str, list[str]]) -> LexicalIndex:
+    """An index over terms -> names, record ids shaped like the collection's (label, then `#s<n>`)."""
+    record_ids, term_ids, texts = [], [], []
+    for term_id, term_names in names.items():
+        for position, name in enumerate(term_names):
+            record_ids.append(term_id if position == 0 else f"{term_id}#s{position - 1}")
+            term_ids.append(term_id)
+            texts.append(name)
+    return LexicalIndex(record_ids, term_ids, texts)
+
+
+NAMES = {
+    "T:1": ["fibroblast"],
+    "T:2": ["fibroblast of lung", "lung fibroblast"],
+    "T:3": ["lung"],
+    "T:4": ["fibroblast of dermis"],
+    "T:5": ["tuft cell of pancreatic duct"],
+}
+
+
+def test_a_label_whose_words_are_all_in_a_name_finds_that_term_in_any_word_order() -> None:
+    index = index_of(NAMES)
+    for label in ("Lung Fibroblasts", "Fibroblast_Lung", "fibroblasts (lung)"):
+        [hits] = index.search([label], k=3)
+        assert hits[0].term_id == "T:2", label
+    assert index.fit("Lung Fibroblasts", "T:2") == Fit(1.0, 1.0)
+    assert index.fit("Lung Fibroblasts", "T:1") == Fit(0.5, 1.0)
+
+
+def test_each_term_comes_back_once_at_its_best_name() -> None:
+    [hits] = index_of(NAMES).search(["lung fibroblast"], k=10)
+    ids = [hit.term_id for hit in hits]
+    assert len(ids) == len(set(ids)) and ids[0] == "T:2"
+    assert hits[0].record_id in {"T:2", "T:2#s0"}
+
+
+def test_a_label_with_no_known_word_finds_nothing() -> None:
+    index = index_of(NAMES)
+    assert index.search(["zebra", "", "of the"], k=5) == [[], [], []]
+
+
+def test_equivalences_are_the_word_pairs_the_ontology_names_one_term_by() -> None:
+    names = [
+        [frozenset(lexical_tokens(name)) for name in term]
+        for term in (["renal pelvis", "kidney pelvis"], ["renal cortex", "cortex of kidney"],
+                     ["renal capsule", "kidney capsule"], ["proliferating T cell", "cycling T cell"],
+                     ["type 1 cell", "type 2 cell"])
+    ]
+    found = equivalences(names)
+    assert found["renal"] == {"kidney"} and found["kidney"] == {"renal"}
+    assert "proliferating" not in found  # one term is no evidence
+    assert "1" not in found  # numbered siblings differ by their numbers for other reasons
+
+
+def test_equivalent_words_count_for_search_and_fit() -> None:
+    names = {
+        "U:1": ["renal pelvis", "kidney pelvis"], "U:2": ["renal cortex", "kidney cortex"],
+        "U:3": ["renal capsule", "kidney capsule"], "U:4": ["renal medulla"], "U:5": ["kidney"],
+    }
+    index = index_of(names)
+    [hits] = index.search(["Kidney Medulla"], k=3)
+    assert hits[0].term_id == "U:4"
+    assert index.fit("Kidney Medulla", "U:4") == Fit(1.0, 1.0)
+
+
+def meta(term_id: str, specific: bool = False) -> dict[str, Any]:
+    return {"term_id": term_id, "label": term_id, "text": term_id, "specific": specific}
+
+
+def test_a_name_holding_every_word_of_the_label_passes_a_nearer_term_by_at_most_the_weight() -> None:
+    general, composed = meta("fibroblast"), meta("fibroblast of lung")
+    fits = {"fibroblast": Fit(0.5, 1.0), "fibroblast of lung": Fit(1.0, 1.0)}
+    near = _fused([(general, 0.80), (composed, 0.80 - LEXICAL_WEIGHT / 2)], [], fits)
+    assert [(m["term_id"], kind) for m, _, kind in near] == [
+        ("fibroblast of lung", "lexical"), ("fibroblast", "vector")]
+    far = _fused([(general, 0.80), (composed, 0.80 - LEXICAL_WEIGHT * 2)], [], fits)
+    assert [m["term_id"] for m, _, _ in far] == ["fibroblast", "fibroblast of lung"]
+
+
+def test_the_gain_shrinks_with_words_of_the_name_the_label_does_not_name() -> None:
+    ductal, tuft = meta("pancreatic ductal cell"), meta("tuft cell of pancreatic duct")
+    # "pancreatic duct cells": the tuft cell's name holds every word but adds one the label lacks
+    fits = {"pancreatic ductal cell": Fit(2 / 3, 2 / 3), "tuft cell of pancreatic duct": Fit(1.0, 0.75)}
+    gap = LEXICAL_WEIGHT * 0.875
+    order = _fused([(ductal, 0.80), (tuft, 0.80 - gap)], [], fits)
+    assert [m["term_id"] for m, _, _ in order] == ["pancreatic ductal cell", "tuft cell of pancreatic duct"]
+
+
+def test_lexical_only_candidates_join_by_similarity_and_say_so() -> None:
+    dense = [(meta("A"), 0.9), (meta("B"), 0.7)]
+    order = _fused(dense, [(meta("C"), 0.8)], {})
+    assert [(m["term_id"], kind) for m, _, kind in order] == [
+        ("A", "vector"), ("C", "lexical"), ("B", "vector")]
+
+
+def test_a_narrower_term_adding_words_stays_below_its_ancestor_unless_the_label_names_it_exactly() -> None:
+    general = {**meta("bipolar disorder"), "parents": "[]"}
+    narrower = {**meta("manic bipolar affective disorder"), "parents": '["bipolar disorder"]'}
+    # "bipolar affective disorder": the narrower name holds every word but adds "manic"
+    fits = {"bipolar disorder": Fit(2 / 3, 1.0), "manic bipolar affective disorder": Fit(1.0, 0.75)}
+    order = _fused([(general, 0.90), (narrower, 0.93)], [], fits)
+    assert [m["term_id"] for m, _, _ in order] == ["bipolar disorder", "manic bipolar affective disorder"]
+    # "lung fibroblasts": the narrower term's name is the label's words exactly
+    fibroblast = {**meta("fibroblast"), "parents": "[]"}
+    of_lung = {**meta("fibroblast of lung"), "parents": '["fibroblast"]'}
+    fits = {"fibroblast": Fit(0.5, 1.0), "fibroblast of lung": Fit(1.0, 1.0)}
+    order = _fused([(fibroblast, 0.80), (of_lung, 0.82)], [], fits)
+    assert [(m["term_id"], kind) for m, _, kind in order] == [
+        ("fibroblast of lung", "lexical"), ("fibroblast", "vector")]
+
+
+def test_a_parent_the_dense_channel_moved_first_keeps_its_place() -> None:
+    parent, child = meta("parent"), meta("child")
+    order = _fused([(parent, 0.78), (child, 0.80)], [], {})  # the dense order after parent promotion
+    assert [m["term_id"] for m, _, _ in order] == ["parent", "child"]
+
+
+# --- on real Chroma ------------------------------------------------------------------------------
+
+SMALL = Ontology("uberon", "v1", [
+    Term("UBERON:0000001", "kidney"),
+    Term("UBERON:0000002", "renal pelvis", ("pelvis of kidney",)),
+    Term("UBERON:0000003", "renal cortex", ("kidney cortex",)),
+    Term("UBERON:0000004", "renal capsule", ("kidney capsule",)),
+    Term("UBERON:0000005", "renal medulla", ("medulla of kidney",)),
+    Term("UBERON:0000006", "heart"),
+    Term("UBERON:0000007", "apex of heart", ("cardiac apex",)),
+    Term("UBERON:0000008", "lung"),
+    Term("UBERON:0000009", "pelvis"),
+])
+
+
+class FixedEmbedder:
+    """Vectors that make the dense channel prefer the organ: every text about the kidney embeds
+    close to "kidney", so only word overlap can tell its parts apart."""
+
+    name = "fixed-test-embedder"
+    dimensions = 4
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "dimensions": self.dimensions, "pooling": "mean", "normalize": True}
+
+    def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        out = []
+        for text in texts:
+            words = set(lexical_tokens(text))
+            vector = np.array([
+                1.0 if words & {"kidney", "renal"} else 0.0, 1.0 if words & {"heart", "cardiac"} else 0.0,
+                0.2 * len(words), 0.05,
+            ])
+            if text.lower() in {"kidney", "heart"}:
+                vector[2] = 0.0  # the organ itself: nearest to any label that names it
+            out.append(vector / np.linalg.norm(vector))
+        return np.asarray(out, dtype=np.float32)
+
+
+LABELS = ["Kidney Pelvis", "Heart Apex", "Kidney_Medulla", "kidney"]
+
+
+def test_compositional_labels_find_the_term_holding_their_words(tmp_path: Path) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    found = match(LABELS, "uberon", top_k=3, client=client, embedder=FixedEmbedder())
+    assert [answer[0].term_id for answer in found] == [
+        "UBERON:0000002", "UBERON:0000007", "UBERON:0000005", "UBERON:0000001"]
+    assert found[0][0].match_type in {"lexical", "vector"} and found[3][0].match_type == "label"
+
+
+def test_the_index_is_built_once_per_collection(tmp_path: Path) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    collection = client.get_collection(collection_name("uberon", "v1"))
+    assert index_for(collection) is index_for(client.get_collection(collection.name))
+    assert len(index_for(collection)) == collection.count()  # every label, synonym and alias record
+
+
+READ_TOKEN, ADMIN_TOKEN = "lexicalread0123456789", "lexicaladmin0123456789"
+
+
+@pytest.mark.slow
+def test_through_the_read_token_proxy_the_channel_answers_as_on_the_embedded_store(tmp_path: Path) -> None:
+    from ontosearch.serve import LocalTask
+
+    embedded = chromadb.PersistentClient(path=str(tmp_path / "embedded"))
+    index_ontology(embedded, SMALL, FixedEmbedder(), progress=False)
+    local = match(LABELS, "uberon", top_k=5, client=embedded, embedder=FixedEmbedder())
+    served = tmp_path / "served"
+    served.mkdir()
+    with LocalTask(persist_dir=served, read_token=READ_TOKEN, admin_token=ADMIN_TOKEN) as task:
+        index_ontology(task.client(admin=True), SMALL, FixedEmbedder(), progress=False)
+        reader = task.client(admin=False)
+        remote_index = LexicalIndex.from_collection(reader.get_collection(collection_name("uberon", "v1")))
+        remote = match(LABELS, "uberon", top_k=5, client=reader, embedder=FixedEmbedder())
+    local_index = LexicalIndex.from_collection(embedded.get_collection(collection_name("uberon", "v1")))
+    assert remote_index.record_ids == local_index.record_ids
+    assert remote_index.search(LABELS, 5) == local_index.search(LABELS, 5)
+    for over_proxy, in_process in zip(remote, local, strict=True):
+        assert [(m.term_id, m.match_type) for m in over_proxy] == [
+            (m.term_id, m.match_type) for m in in_process]
+        assert np.allclose([m.score for m in over_proxy], [m.score for m in in_process], atol=1e-5)

@@ -169,15 +169,19 @@ print(json.dumps({"interpreter_s": entered - started, "import_s": imported - ent
 """
 
 
-def build_store(workdir: Path) -> tuple[Path, str]:
-    """A Chroma persist directory holding the CL collection (every term), and its embedder's name."""
+def build_store(workdir: Path, terms: int | None = None) -> tuple[Path, str]:
+    """A Chroma persist directory holding a CL collection (every term, or the first `terms`), and its
+    embedder's name, built and restored with build-snapshot's and restore's own code."""
+    from ontosearch.ontologies import Ontology, load_ontology
     from ontosearch.restore import restore_from_dir
     from ontosearch.snapshot_build import build_snapshot
 
-    snapshot = workdir / "snapshot-cl"
+    snapshot = workdir / f"snapshot-cl-{terms or 'all'}"
     data = workdir / "chroma-data"
     if not (snapshot / "manifest.json").is_file():
-        build_snapshot(["cl"], snapshot, progress=False, log=lambda _m: None)
+        cl = load_ontology("cl")
+        ontology = Ontology("cl", cl.version, cl.terms[:terms]) if terms else cl
+        build_snapshot([ontology], snapshot, progress=False, log=lambda _m: None)
     if data.exists():
         shutil.rmtree(data)
     manifest = restore_from_dir(snapshot, data, log=lambda _m: None)
@@ -185,7 +189,8 @@ def build_store(workdir: Path) -> tuple[Path, str]:
 
 
 def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
-                       revision: str | None = None) -> dict[str, Any]:
+                       revision: str | None = None, terms: int | None = None) -> dict[str, Any]:
+    """Time `runs` fresh interpreters of the runtime venv answering one chunk; see the module text."""
     from moto.server import ThreadedMotoServer
 
     from ontosearch import constants as c
@@ -194,7 +199,7 @@ def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
     from ontosearch.embedder_bundle import export_bundle
     from ontosearch.embedders import ENV_EMBEDDER_BUNDLES
     from ontosearch.proxy import NginxProxy, generate_token
-    from ontosearch.workflow.steps import chunk_key
+    from ontosearch.workflow.steps import chunk_key, split
 
     started = time.perf_counter()
     venv = fresh_venv(workdir, pins)
@@ -207,7 +212,7 @@ def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
     # As the runtime stage does: .pyc for /var/task (pip compiled site-packages; this Python's
     # standard library was compiled when it was installed, as the stage compiles the image's).
     _run([python, "-m", "compileall", "-q", str(task)])
-    data, embedder = build_store(workdir)
+    data, embedder = build_store(workdir, terms)
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     moto_port = free_port()
@@ -228,14 +233,18 @@ def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
         s3.create_bucket(Bucket=bucket)
         secret_arn = secrets.create_secret(Name="bench-token", SecretString=read_token)["ARN"]
         execution = "bench-cold-start"
-        rows = [{"row": i + 1, "label": label, "error": None}
-                for i, label in enumerate(make_labels(labels, duplicate_share=0.3, ontology="cl"))]
+        # The chunk is written by the real Split step from a text file of distinct cell-type labels,
+        # so it has the layout the query step reads whatever that layout becomes.
+        text = "\n".join(make_labels(labels, duplicate_share=0.0, ontology="cl")) + "\n"
+        s3.put_object(Bucket=bucket, Key="inputs/bench.txt", Body=text.encode())
+        job = {"bucket": bucket, "input": f"s3://{bucket}/inputs/bench.txt", "key": "inputs/bench.txt",
+               "format": "txt", "column": None, "ontology": "cl", "top_k": 3, "embedder": embedder,
+               "snapshot": "bench", "save_snapshot": False, "chunk_size": labels}
+        split(job, execution, s3)
         key = chunk_key(execution, 0)
-        s3.put_object(Bucket=bucket, Key=key, Body="\n".join(json.dumps(r) for r in rows).encode())
+        chunk_labels = len(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().strip().split("\n"))
         with ChromaServer(data) as chroma, NginxProxy(chroma.port, read_token, admin_token) as proxy:
-            event = {"job": {"bucket": bucket, "ontology": "cl", "top_k": 3, "embedder": embedder,
-                             "snapshot": "bench", "chunk_size": labels},
-                     "chunk": {"index": 0, "key": key, "rows": len(rows)},
+            event = {"job": job, "chunk": {"index": 0, "key": key, "first": 0, "labels": chunk_labels},
                      "execution": execution, "url": proxy.url}
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), **aws,
                    "PYTHONPATH": str(task), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
@@ -253,16 +262,18 @@ def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
                 out = json.loads(done.stdout.strip().splitlines()[-1])
                 out["wall_s"] = wall
                 runs_out.append(out)
+        part = s3.get_object(Bucket=bucket, Key=runs_out[0]["result"]["part"])["Body"].read().decode()
     finally:
         moto.stop()
     first = runs_out[0]["result"]
     return {
         "venv_seconds": round(venv_seconds, 1),
-        "labels": labels, "rows_answered": first.get("rows"),
+        "labels": labels, "labels_answered": first.get("labels"), "annotated": first.get("annotated"),
         "runs": [{k: round(v, 3) for k, v in r.items() if k.endswith("_s")} for r in runs_out],
         "best_total_s": round(min(r["total_s"] for r in runs_out), 3),
         "median_total_s": round(sorted(r["total_s"] for r in runs_out)[len(runs_out) // 2], 3),
         "part": first.get("part"),
+        "part_text": part,
     }
 
 
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=None, help="kept for reuse (default: a temp dir)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--labels", type=int, default=DEFAULT_CHUNK_SIZE, help="rows in the chunk")
+    parser.add_argument("--labels", type=int, default=DEFAULT_CHUNK_SIZE, help="distinct labels in the chunk")
     parser.add_argument("--pip-check", action="store_true", help="also resolve with pip and compare")
     parser.add_argument("--revision", default=None,
                         help="lay out the handlers of this commit (default: the working tree)")
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{run['wall_s']:.2f} s")
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} cores")
+    cold.pop("part_text")
     report = {"size": size, "bundle_mb": round(bundle_mb, 1), "x86_64_site_packages_mb": round(on_disk, 1),
               "x86_64_pyc_mb": round(pyc, 1), "cold_start": cold,
               "machine": {"python": platform.python_version(), "arch": platform.machine(),

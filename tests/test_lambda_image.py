@@ -142,3 +142,40 @@ def test_runtime_stage_points_the_embedder_at_the_bundles_the_export_stage_wrote
     assert f"COPY --from=export {bundles} {bundles}" in text
     assert f"embedder-bundle check --into {bundles}" in text
     assert re.search(r'^ENTRYPOINT \["python", "-m", "awslambdaric"\]$', text, re.M)
+
+
+# --- the runtime stage's packages run the query handler --------------------------------------------
+
+@pytest.mark.slow
+def test_query_handler_answers_a_chunk_with_exactly_the_runtime_stage_packages(tmp_path: Path) -> None:
+    """A fresh venv holds the runtime stage's resolved packages and nothing else (their x86_64 wheels,
+    same versions); the handlers laid out as in the image answer a real chunk through nginx from a real
+    `chroma run`. A module the query path imports, even lazily, that the image lacks fails here."""
+    import csv
+    import importlib.util
+    import io
+    import json
+
+    from components import image_platforms as ip
+    from ontosearch.label_io import write_rows
+
+    why = ip.pypi_reachable()
+    if why:
+        pytest.skip(f"the runtime venv is installed from PyPI: {why}")
+    spec = importlib.util.spec_from_file_location("lambda_image_bench", ROOT / "bench" / "lambda_image.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    stage, platform = bench.runtime_stage()
+    resolution = ip.resolve([ROOT / r for r in stage.requirements], platform)
+    assert resolution.ok, resolution.message
+    pins = [f"{i['name']}=={i['version']}" for i in resolution.installs]
+    header = io.StringIO()
+    write_rows(header, [], ontology="cl")
+    HEADER = header.getvalue()  # noqa: N806 - the results CSV's header line
+    result = bench.measure_cold_start(tmp_path, pins, runs=1, labels=60, terms=80)
+    assert result["labels_answered"] == 60 and result["annotated"] == 60
+    blocks = [json.loads(line) for line in result["part_text"].splitlines() if line.strip()]
+    assert len(blocks) == 60 and {b["kind"] for b in blocks} == {"annotated"}
+    for block in blocks:  # each label's result lines, as annotate writes them
+        (best, *_) = [r for r in csv.DictReader(io.StringIO(HEADER + block["text"])) if r["rank"] == "1"]
+        assert best["term_id"].startswith("CL:") and not best["error"], block

@@ -123,8 +123,11 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
                       "Resource": bucket_arn,
                       "Condition": {"StringLike": {"s3:prefix": [f"{c.SNAPSHOT_PREFIX}/",
                                                                  f"{c.SNAPSHOT_PREFIX}/*"]}}}],
+        # upload_file of the row list and the chunk manifest goes multipart above 8 MiB (a large
+        # input); a failed one is aborted (the mpuAndPermissions page below)
         "split": [{"Sid": "ReadInputs", "Effect": "Allow", "Action": read, "Resource": inputs},
-                  {"Sid": "WriteChunks", "Effect": "Allow", "Action": write, "Resource": work}],
+                  {"Sid": "WriteChunks", "Effect": "Allow", "Action": [*write, "s3:AbortMultipartUpload"],
+                   "Resource": work}],
         "query": [{"Sid": "ReadWriteWork", "Effect": "Allow", "Action": [*read, *write], "Resource": work},
                   {"Sid": "ReadToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                    "Resource": token_secret_arn}],

@@ -570,8 +570,16 @@ def lambda_calls(stack: StackView) -> list[Call]:
             ),
         ],
         "split": [
-            ("steps.split: download_file of the input", s3_read(stack, input_key)),
-            ("steps.split: put_object of a chunk", s3_write(stack, chunk)),
+            ("steps.split: get_object of the input (streamed)", s3_read(stack, input_key)),
+            ("steps.split: put_object of a chunk of distinct labels", s3_write(stack, chunk)),
+            (
+                "steps.split: upload_file of the row list",
+                s3_write(stack, steps.rows_key(EXECUTION), multipart=True),
+            ),
+            (
+                "steps.split: upload_file of the chunk manifest",
+                s3_write(stack, steps.chunk_manifest_key(EXECUTION), multipart=True),
+            ),
         ],
         "query": [
             ("steps.read_chunk: get_object of its chunk", s3_read(stack, chunk)),
@@ -579,9 +587,12 @@ def lambda_calls(stack: StackView) -> list[Call]:
             ("steps.query_chunk: put_object of its part", s3_write(stack, part)),
         ],
         "merge": [
+            ("steps.read_manifest: get_object of the chunk manifest",
+             s3_read(stack, steps.chunk_manifest_key(EXECUTION))),
             ("steps.merge: get_object of each part", s3_read(stack, part)),
+            ("steps.merge: get_object of the row list (streamed)", s3_read(stack, steps.rows_key(EXECUTION))),
             (
-                "steps.merge: upload_file of the annotations",
+                "s3_stream.MultipartWriter: the annotations in multipart parts",
                 s3_write(stack, steps.output_key(EXECUTION), multipart=True),
             ),
         ],

@@ -58,7 +58,7 @@ def test_good_input_resolves_latest_to_a_version_and_its_embedder(s3) -> None:
      "outside this workflow's input folder"),
     ({"input": "labels.txt", "ontology": "cl"}, "must be an s3://bucket/key URI"),
     ({"input": f"s3://{BUCKET}/inputs/labels.pdf", "ontology": "cl"}, "no supported extension"),
-    ({"input": LABELS, "ontology": "cl", "topk": 3}, "unknown input key(s) topk"),
+    ({"input": LABELS, "ontology": "cl", "topk": 3}, "unknown input key(s) 'topk'"),
     ({"input": LABELS, "ontology": "mondo"}, "has no collection for ontology mondo"),
     ({"input": LABELS, "ontology": "cl", "snapshot": "20200101T000000Z-deadbeef"},
      "snapshot version '20200101T000000Z-deadbeef' not found"),

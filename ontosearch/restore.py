@@ -24,6 +24,13 @@ Atomic placement, so a failure never leaves a half-restored directory:
 
 A PATH that already holds the same archive (by its restored manifest) is left alone: reruns are free.
 
+Before the first snapshot: with `--wait-for-snapshot` (the always-on service's task passes it) restore
+asks for the pointer every 30 s while nothing is published, logs every 5 minutes the command that
+publishes one, and restores it once it appears, so a stack deployed before its first snapshot comes up
+without another step. Without it, or for a pinned version, it refuses at once. A 403 from S3 counts as
+"missing" only when a listing of that key (ListObjectsV2, which the role's ListBucket grant on the
+snapshot prefix allows) does not show it; any other refusal is reported with the grants to check.
+
 Standard library and boto3 only: the task's small restore image runs this module.
 """
 

@@ -94,8 +94,9 @@ def test_restore_must_succeed_before_chroma_starts(stack):
     assert chroma["essential"] is True
     assert chroma["dependsOn"] == [{"containerName": c.RESTORE_CONTAINER, "condition": "SUCCESS"}]
     bucket = synth_stack(stack).one("aws:s3/bucket:Bucket").id
+    # --wait-for-snapshot: a new stack's tasks wait for the first snapshot (tests/test_first_deploy.py)
     assert restore["command"] == ["python", "-m", "ontosearch", "restore-snapshot", "--bucket", bucket,
-                                  "--version", "latest", "--into", c.DATA_DIR]
+                                  "--version", "latest", "--into", c.DATA_DIR, "--wait-for-snapshot"]
     # Both see the same task volume at the data path.
     for container in (restore, chroma):
         assert [m["containerPath"] for m in container["mountPoints"]] == [c.DATA_DIR]
@@ -115,7 +116,8 @@ def test_restore_command_runs_the_restore_cli_against_the_stack_bucket(tmp_path,
     argv = containers[c.RESTORE_CONTAINER]["command"]
     assert argv[:4] == ["python", "-m", "ontosearch", "restore-snapshot"]
     bucket = argv[argv.index("--bucket") + 1]
-    local = [tmp_path / "data" if a == c.DATA_DIR else a for a in argv[3:]]
+    # without the wait (test_first_deploy covers it), so an empty bucket answers at once
+    local = [tmp_path / "data" if a == c.DATA_DIR else a for a in argv[3:] if a != "--wait-for-snapshot"]
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
@@ -124,7 +126,7 @@ def test_restore_command_runs_the_restore_cli_against_the_stack_bucket(tmp_path,
         code = cli([str(a) for a in local])
     assert code == 1  # an empty bucket: nothing published yet, said clearly
     err = capsys.readouterr().err
-    assert f"s3://{bucket}/{c.POINTER_KEY}" in err
+    assert f"no snapshot published yet under s3://{bucket}/{c.SNAPSHOT_PREFIX}/" in err
 
 
 @pytest.mark.parametrize("stack", STACKS)

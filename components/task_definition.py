@@ -63,8 +63,8 @@ def restore_command(bucket: str, version: str, extra_args: Sequence[str] = (),
                     wait_for_snapshot: bool = False) -> list[str]:
     """The `restore` container's command; the workflow overrides `--version` per execution."""
     wait = ["--wait-for-snapshot"] if wait_for_snapshot else []
-    return ["python", "-m", "ontosearch", "restore-snapshot", "--bucket", bucket, "--version", version,
-            "--into", c.DATA_DIR, *wait, *extra_args]
+    return ["python", "-m", "ontosearch", "restore-snapshot", "--bucket", bucket, "--version", version, *wait,
+            "--into", c.DATA_DIR, *extra_args]
 
 
 def chroma_command() -> list[str]:

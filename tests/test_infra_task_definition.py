@@ -96,7 +96,7 @@ def test_restore_must_succeed_before_chroma_starts(stack):
     bucket = synth_stack(stack).one("aws:s3/bucket:Bucket").id
     # --wait-for-snapshot: a new stack's tasks wait for the first snapshot (tests/test_first_deploy.py)
     assert restore["command"] == ["python", "-m", "ontosearch", "restore-snapshot", "--bucket", bucket,
-                                  "--version", "latest", "--into", c.DATA_DIR, "--wait-for-snapshot"]
+                                  "--version", "latest", "--wait-for-snapshot", "--into", c.DATA_DIR]
     # Both see the same task volume at the data path.
     for container in (restore, chroma):
         assert [m["containerPath"] for m in container["mountPoints"]] == [c.DATA_DIR]

@@ -51,12 +51,29 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
-@pytest.mark.parametrize("name", ["dev", "prod"])
-def test_workflow_is_off_unless_the_stack_turns_it_on(name: str) -> None:
-    result = synth_stack(name)
-    assert not result.of_type(SFN)
-    assert not result.of_type("ontosearch:workflow:BatchWorkflow")
-    assert not result.of_type(FUNCTION)
+def _workflow_resources(result) -> dict[str, int]:
+    return {typ: len(result.of_type(typ)) for typ in (SFN, "ontosearch:workflow:BatchWorkflow", FUNCTION)}
+
+
+def test_workflow_is_off_unless_the_stack_turns_it_on() -> None:
+    off = {SFN: 0, "ontosearch:workflow:BatchWorkflow": 0, FUNCTION: 0}
+    assert _workflow_resources(synth_stack("prod")) == off
+    assert _workflow_resources(synth_with("dev", {"ontosearch:batchWorkflow": False})) == off
+    assert _workflow_resources(synth_with("prod", {"ontosearch:batchWorkflow": True})) == {
+        SFN: 1, "ontosearch:workflow:BatchWorkflow": 1, FUNCTION: len(STEPS)}
+
+
+def test_the_committed_dev_stack_deploys_the_workflow() -> None:
+    """`pulumi up` on dev deploys the batch workflow: its stack file turns it on."""
+    from pulumi_harness import stack_file_config
+
+    assert stack_file_config("dev")["ontosearch:batchWorkflow"] is True
+    result = synth_stack("dev")
+    on = {SFN: 1, "ontosearch:workflow:BatchWorkflow": 1, FUNCTION: len(STEPS)}
+    assert _workflow_resources(result) == on
+    assert result.outputs["batch_state_machine_arn"] == result.one(SFN).state["arn"]
+    assert result.outputs["batch_task_definition_arn"] == arn(
+        result, "aws:ecs/taskDefinition:TaskDefinition", "batch-task")
 
 
 def test_state_machine_deploys_the_shared_definition_with_the_stack_arns(stack) -> None:

@@ -170,8 +170,10 @@ def test_execution_role_reads_only_the_two_token_secrets(stack):
     assert tokens == [{"Sid": "Tokens", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                        "Resource": tokens[0]["Resource"]}]
     assert sorted(tokens[0]["Resource"]) == secret_arns
+    # the service's images (the batch Lambda image, if any, is pulled by Lambda, not by this role)
     repo_arns = sorted(f"arn:aws:ecr:us-east-1:123456789012:repository/{r.id}"
-                       for r in result.of_type("aws:ecr/repository:Repository"))
+                       for r in result.of_type("aws:ecr/repository:Repository") if r.parent == "images")
+    assert len(repo_arns) == 3
     pull = next(s for s in statements if s["Sid"] == "EcrPull")
     assert sorted(pull["Resource"]) == repo_arns
     # Only GetAuthorizationToken (which has no resource-level permissions) may name "*".
@@ -241,11 +243,13 @@ def test_internet_facing_alb_can_be_limited_to_the_configured_networks():
 @pytest.mark.parametrize("stack", STACKS)
 def test_no_container_definition_holds_a_secret_value(stack):
     result = synth_stack(stack)
-    task = result.one("aws:ecs/taskDefinition:TaskDefinition")
-    assert task.inputs["containerDefinitions"] != SECRET_MARK  # readable: it holds no secret
-    text = json.dumps(container_definitions(result))
-    for password in result.of_type("random:index/randomPassword:RandomPassword"):
-        assert mock_password(password.name, int(password.raw_inputs["length"])) not in text
+    tasks = result.of_type("aws:ecs/taskDefinition:TaskDefinition")
+    assert "chroma-task" in {t.name for t in tasks}
+    for task in tasks:  # the service's and, when on, the batch workflow's
+        assert task.inputs["containerDefinitions"] != SECRET_MARK  # readable: it holds no secret
+        text = json.dumps(container_definitions(result, task.name))
+        for password in result.of_type("random:index/randomPassword:RandomPassword"):
+            assert mock_password(password.name, int(password.raw_inputs["length"])) not in text
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -332,8 +332,10 @@ def test_dev_without_domain_gets_an_internal_http_alb():
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_logs_are_kept_for_the_configured_days(stack):
-    log_group = synth_stack(stack).one("aws:cloudwatch/logGroup:LogGroup").raw_inputs
-    assert log_group["retentionInDays"] == _config(stack).log_retention_days
+    log_groups = synth_stack(stack).of_type("aws:cloudwatch/logGroup:LogGroup")
+    assert "chroma-logs" in {g.name for g in log_groups}
+    for log_group in log_groups:  # the service's and the batch workflow's
+        assert log_group.raw_inputs["retentionInDays"] == _config(stack).log_retention_days, log_group.name
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -20,21 +20,28 @@ from ontosearch import constants as c
 from ontosearch import proxy
 
 ROOT = Path(__file__).resolve().parent.parent
+# The always-on service's task; the batch workflow's task (on in dev) has its own tests.
+SERVICE_TASK = "chroma-task"
 
 
 def _by_name(containers: list[dict]) -> dict[str, dict]:
     return {x["name"]: x for x in containers}
 
 
-def _register_params(stack: str) -> dict:
+def _task_definitions(stack: str) -> list[str]:
+    """Names of every task definition the stack declares (the service's, and the batch task's if on)."""
+    return [t.name for t in synth_stack(stack).of_type("aws:ecs/taskDefinition:TaskDefinition")]
+
+
+def _register_params(stack: str, name: str = SERVICE_TASK) -> dict:
     """RegisterTaskDefinition parameters equivalent to the Pulumi TaskDefinition's inputs."""
-    task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
+    task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition", name).raw_inputs
     return {
         "family": task["family"],
         "taskRoleArn": task["taskRoleArn"],
         "executionRoleArn": task["executionRoleArn"],
         "networkMode": task["networkMode"],
-        "containerDefinitions": container_definitions(synth_stack(stack)),
+        "containerDefinitions": container_definitions(synth_stack(stack), name),
         "volumes": task["volumes"],
         "requiresCompatibilities": task["requiresCompatibilities"],
         "cpu": task["cpu"],
@@ -46,8 +53,11 @@ def _register_params(stack: str) -> dict:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_task_definition_validates_against_botocore_register_task_definition(stack):
-    errors = botocore_errors("ecs", "RegisterTaskDefinition", _register_params(stack))
-    assert errors == []
+    names = _task_definitions(stack)
+    assert SERVICE_TASK in names
+    for name in names:
+        errors = botocore_errors("ecs", "RegisterTaskDefinition", _register_params(stack, name))
+        assert errors == [], name
 
 
 def test_enum_check_catches_a_wrong_enum_value():
@@ -73,22 +83,23 @@ def test_task_is_fargate_arm64_awsvpc_with_configured_size(stack):
 
     cfg = StackConfig.from_mapping({k.split(":", 1)[1]: v for k, v in stack_file_config(stack).items()
                                     if k.startswith("ontosearch:")})
-    task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
-    assert task["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
-    assert task["networkMode"] == "awsvpc"
-    assert task["requiresCompatibilities"] == ["FARGATE"]
-    assert (task["cpu"], task["memory"]) == (str(cfg.cpu), str(cfg.memory))
-    assert task["ephemeralStorage"]["sizeInGib"] == cfg.ephemeral_storage_gib
+    for name in _task_definitions(stack):  # the batch task is sized like the service's
+        task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition", name).raw_inputs
+        assert task["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
+        assert task["networkMode"] == "awsvpc"
+        assert task["requiresCompatibilities"] == ["FARGATE"]
+        assert (task["cpu"], task["memory"]) == (str(cfg.cpu), str(cfg.memory))
+        assert task["ephemeralStorage"]["sizeInGib"] == cfg.ephemeral_storage_gib
 
 
 def test_prod_task_is_4_vcpu_16_gb():
-    task = synth_stack("prod").one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
+    task = synth_stack("prod").one("aws:ecs/taskDefinition:TaskDefinition", SERVICE_TASK).raw_inputs
     assert (task["cpu"], task["memory"]) == ("4096", "16384")
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_restore_must_succeed_before_chroma_starts(stack):
-    containers = _by_name(container_definitions(synth_stack(stack)))
+    containers = _by_name(container_definitions(synth_stack(stack), SERVICE_TASK))
     restore, chroma = containers[c.RESTORE_CONTAINER], containers[c.CHROMA_CONTAINER]
     assert restore["essential"] is False
     assert chroma["essential"] is True
@@ -101,7 +112,7 @@ def test_restore_must_succeed_before_chroma_starts(stack):
     for container in (restore, chroma):
         assert [m["containerPath"] for m in container["mountPoints"]] == [c.DATA_DIR]
     volumes = {m["sourceVolume"] for x in (restore, chroma) for m in x["mountPoints"]}
-    task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
+    task = synth_stack(stack).one("aws:ecs/taskDefinition:TaskDefinition", SERVICE_TASK).raw_inputs
     assert volumes == {v["name"] for v in task["volumes"]}
 
 
@@ -112,7 +123,7 @@ def test_restore_command_runs_the_restore_cli_against_the_stack_bucket(tmp_path,
 
     from ontosearch.__main__ import main as cli
 
-    containers = _by_name(container_definitions(synth_stack("dev")))
+    containers = _by_name(container_definitions(synth_stack("dev"), SERVICE_TASK))
     argv = containers[c.RESTORE_CONTAINER]["command"]
     assert argv[:4] == ["python", "-m", "ontosearch", "restore-snapshot"]
     bucket = argv[argv.index("--bucket") + 1]
@@ -131,7 +142,7 @@ def test_restore_command_runs_the_restore_cli_against_the_stack_bucket(tmp_path,
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_chroma_listens_on_loopback_only_with_data_in_data_dir(stack):
-    chroma = _by_name(container_definitions(synth_stack(stack)))[c.CHROMA_CONTAINER]
+    chroma = _by_name(container_definitions(synth_stack(stack), SERVICE_TASK))[c.CHROMA_CONTAINER]
     assert chroma["command"] == ["run", "--host", c.CHROMA_HOST, "--port", str(c.CHROMA_PORT),
                                  "--path", c.DATA_DIR]
     assert c.CHROMA_HOST == "127.0.0.1"
@@ -142,7 +153,7 @@ def test_chroma_listens_on_loopback_only_with_data_in_data_dir(stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_proxy_is_the_only_mapped_port(stack):
-    containers = container_definitions(synth_stack(stack))
+    containers = container_definitions(synth_stack(stack), SERVICE_TASK)
     mapped = [(x["name"], p["containerPort"]) for x in containers for p in x.get("portMappings", [])]
     assert mapped == [(c.PROXY_CONTAINER, c.PROXY_PORT)]
     proxy_container = _by_name(containers)[c.PROXY_CONTAINER]
@@ -157,7 +168,7 @@ def test_proxy_is_the_only_mapped_port(stack):
 def test_tokens_reach_containers_only_through_secrets_value_from(stack):
     result = synth_stack(stack)
     secrets = {s.name: s.id for s in result.of_type("aws:secretsmanager/secret:Secret")}
-    containers = container_definitions(result)
+    containers = container_definitions(result, SERVICE_TASK)
     proxy_container = _by_name(containers)[c.PROXY_CONTAINER]
     assert {s["name"]: s["valueFrom"] for s in proxy_container["secrets"]} == {
         c.ENV_TOKEN: secrets["tokens-read"],
@@ -176,12 +187,14 @@ def test_tokens_reach_containers_only_through_secrets_value_from(stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_container_logs_to_the_stack_log_group(stack):
     result = synth_stack(stack)
-    log_group = result.one("aws:cloudwatch/logGroup:LogGroup")
-    for container in container_definitions(result):
-        log = container["logConfiguration"]
-        assert log["logDriver"] == "awslogs"
-        assert log["options"]["awslogs-group"] == log_group.id
-        assert log["options"]["awslogs-region"] == "us-east-1"
+    for task in result.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+        # each component's task logs to that component's own log group
+        log_group = result.one("aws:cloudwatch/logGroup:LogGroup", f"{task.parent}-logs")
+        for container in container_definitions(result, task.name):
+            log = container["logConfiguration"]
+            assert log["logDriver"] == "awslogs"
+            assert log["options"]["awslogs-group"] == log_group.id, (task.name, container["name"])
+            assert log["options"]["awslogs-region"] == "us-east-1"
 
 
 def _requirements_pin(package: str) -> str:
@@ -196,7 +209,7 @@ def _requirements_pin(package: str) -> str:
 def test_chroma_image_tag_equals_pinned_chromadb_version(stack):
     pinned = _requirements_pin("chromadb")
     assert pinned == c.CHROMA_VERSION == chromadb.__version__
-    chroma = _by_name(container_definitions(synth_stack(stack)))[c.CHROMA_CONTAINER]
+    chroma = _by_name(container_definitions(synth_stack(stack), SERVICE_TASK))[c.CHROMA_CONTAINER]
     repository, tag = chroma["image"].split("@")[0].rsplit(":", 1)
     assert tag == pinned
     # and that tag is a mirror of the official image of the same version
@@ -210,7 +223,9 @@ def test_images_are_built_for_arm64_and_pushed_to_stack_ecr_repositories(stack):
     result = synth_stack(stack)
     repos = {r.name: r for r in result.of_type("aws:ecr/repository:Repository")}
     builds = result.of_type("docker-build:index:Image")
-    assert {b.name for b in builds} == {"images-app", "images-chroma", "images-nginx"}
+    assert {b.name for b in builds if b.parent == "images"} == {"images-app", "images-chroma", "images-nginx"}
+    # besides those, only the batch workflow's Lambda image, when the workflow is on
+    assert {b.name for b in builds if b.parent != "images"} <= {"batch-lambda"}
     for build in builds:
         inputs = build.raw_inputs
         assert inputs["platforms"] == ["linux/arm64"]
@@ -219,9 +234,10 @@ def test_images_are_built_for_arm64_and_pushed_to_stack_ecr_repositories(stack):
         assert all(t.startswith(url + ":") for t in inputs["tags"])
         assert inputs["registries"][0]["address"] == url
     # No image is pulled from Docker Hub when a task starts: every container image is in our ECR.
-    for container in container_definitions(result):
-        assert ".dkr.ecr.us-east-1.amazonaws.com/images-" in container["image"]
-        assert "@sha256:" in container["image"]  # pinned by digest: a rebuild makes a new revision
+    for task in result.of_type("aws:ecs/taskDefinition:TaskDefinition"):
+        for container in container_definitions(result, task.name):
+            assert ".dkr.ecr.us-east-1.amazonaws.com/images-" in container["image"]
+            assert "@sha256:" in container["image"]  # pinned by digest: a rebuild makes a new revision
     app = next(b for b in builds if b.name == "images-app").raw_inputs
     assert app["dockerfile"]["location"] == "docker/Dockerfile"
     assert (ROOT / app["dockerfile"]["location"]).is_file()
@@ -307,7 +323,7 @@ def test_configured_snapshot_version_and_task_size_reach_the_task():
     result = synth_with("dev", {"ontosearch:snapshotVersion": "20260101T000000Z-abc1234",
                                 "ontosearch:cpu": 2048, "ontosearch:memory": 8192,
                                 "ontosearch:ephemeralStorageGiB": 40})
-    restore = _by_name(container_definitions(result))[c.RESTORE_CONTAINER]
+    restore = _by_name(container_definitions(result, SERVICE_TASK))[c.RESTORE_CONTAINER]
     assert restore["command"][restore["command"].index("--version") + 1] == "20260101T000000Z-abc1234"
-    task = result.one("aws:ecs/taskDefinition:TaskDefinition").raw_inputs
+    task = result.one("aws:ecs/taskDefinition:TaskDefinition", SERVICE_TASK).raw_inputs
     assert (task["cpu"], task["memory"], task["ephemeralStorage"]["sizeInGib"]) == ("2048", "8192", 40)

@@ -292,7 +292,7 @@ def test_token_reaching_anything_but_secrets_manager_is_refused() -> None:
         "aws:lambda/function:Function", "query",
         "urn:pulumi:dev::ontosearch::aws:lambda/function:Function::query",
         {"name": "q", "environment": {"variables": {"CHROMA_TOKEN": token}},
-         "loggingConfig": {"logFormat": "Text", "logGroup": find(resources, T_LOG_GROUP).id}}))
+         "loggingConfig": {"logFormat": "Text", "logGroup": find(resources, T_LOG_GROUP, "chroma-logs").id}}))
     resources.append(StackResource(
         "aws:ssm/parameter:Parameter", "token-copy",
         "urn:pulumi:dev::ontosearch::aws:ssm/parameter:Parameter::token-copy",

@@ -9,6 +9,7 @@ CLI, no network, no Docker. The tests use this same machinery, so they check wha
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import runpy
@@ -412,6 +413,12 @@ def synth(stack: str, config: Mapping[str, Any] | None = None, root: Path = ROOT
     mocks = _make_mocks(region, network)
     monitor = _RecordingMonitor.create(mocks, records)
 
+    # Pulumi's runtime registers resources on the current event loop; an earlier asyncio.run() in the
+    # same process (a test, a client) leaves the main thread without one, so give it a fresh one.
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     settings.reset_options()  # a fresh root stack per run (several synths in one process)
     pulumi.runtime.set_all_config(engine_config(values, project), [])
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)

@@ -22,15 +22,18 @@ over documents in Python as `rank-bm25` (unreleased since 2022) does. Both sides
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ontosearch.normalize import lexical_tokens
+from ontosearch.normalize import lexical_tokens, norm_tokens, normalize
 
 # Records read per `collection.get` call: Chroma's get slows per record on larger pages
 # (65 µs per record at 1,000, 80 µs at 5,000, measured on the MONDO collection).
@@ -40,8 +43,10 @@ PAGE = 1000
 K1, B = 1.2, 0.75
 # Records scored per query before folding them into terms (terms have several names).
 _RECORDS_PER_TERM = 4
-# Collections whose index a process keeps (each is a few MB for MONDO's 81,000 names).
+# Collections whose index a process keeps (each is a few MB for MONDO's 81,000 names), and whose
+# records the cache directory keeps (the newest; each file is under 5 MB).
 CACHED_INDEXES = 4
+CACHED_FILES = 16
 # A word pair counts as the ontology's own equivalence ("renal"/"kidney", "proliferating"/
 # "cycling", "tumor"/"neoplasm") when at least this many terms have two names that differ by just
 # that pair, and those terms are at least this share of the terms whose names use the rarer word:
@@ -72,13 +77,18 @@ class Fit:
 class LexicalIndex:
     """BM25 over a collection's names (one document per label, synonym or alias record)."""
 
-    def __init__(self, record_ids: Sequence[str], term_ids: Sequence[str], texts: Sequence[str]) -> None:
+    def __init__(
+        self, record_ids: Sequence[str], term_ids: Sequence[str], texts: Sequence[str],
+        norms: Sequence[str] | None = None,
+    ) -> None:
+        """`norms`, when given, are the texts' `normalize` keys (the records' `norm` metadata), which
+        spares normalising every name again."""
         # Sorted by record id, so the index (and its tie-breaking) does not depend on the order
         # in which a server returned the records.
         order = sorted(range(len(record_ids)), key=record_ids.__getitem__)
         self.record_ids = [record_ids[i] for i in order]
         self.term_ids = [term_ids[i] for i in order]
-        tokens = [lexical_tokens(texts[i]) for i in order]
+        tokens = [lexical_tokens(texts[i]) if norms is None else norm_tokens(norms[i]) for i in order]
         self._token_sets = [frozenset(words) for words in tokens]
         self._records_of: dict[str, list[int]] = {}
         for index, term_id in enumerate(self.term_ids):
@@ -96,22 +106,22 @@ class LexicalIndex:
         return len(self.record_ids)
 
     @classmethod
-    def from_collection(cls, collection: Any) -> LexicalIndex:
-        """Read every record's name and term through `collection.get`, page by page."""
-        record_ids: list[str] = []
-        term_ids: list[str] = []
-        texts: list[str] = []
-        offset = 0
-        while True:
-            got = collection.get(include=["metadatas"], limit=PAGE, offset=offset)
-            for record_id, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
-                if meta and meta.get("text") and meta.get("term_id"):
-                    record_ids.append(record_id)
-                    term_ids.append(meta["term_id"])
-                    texts.append(meta["text"])
-            if len(got["ids"]) < PAGE:
-                return cls(record_ids, term_ids, texts)
-            offset += PAGE
+    def from_collection(cls, collection: Any, cache: Path | None = None) -> LexicalIndex:
+        """The index of every record of `collection`, read through `collection.get` page by page.
+
+        With `cache` (a directory), the records' ids, terms and keys are kept there in a file named
+        by the collection's id and record count, and read from it next time: reading MONDO's
+        81,000 records through Chroma takes seconds, the file a few milliseconds. A file that
+        cannot be read or written is ignored (a read-only cache, as on Lambda, just costs time).
+        """
+        path = cache / f"{collection.id}-{collection.count()}.json" if cache is not None else None
+        records = _read_cached(path) if path is not None else None
+        if records is None:
+            records = _read_records(collection)
+            if path is not None:
+                _write_cached(path, records)
+        record_ids, term_ids, norms = records
+        return cls(record_ids, term_ids, norms, norms)
 
     def _expanded(self, words: list[str]) -> list[str]:
         """The words and, after them, their equivalents, so "kidney pelvis" also asks for "renal"."""
@@ -123,17 +133,27 @@ class LexicalIndex:
 
     def fit(self, text: str, term_id: str) -> Fit:
         """The overlap of `text`'s words with the term's best-fitting name (most recall, then precision)."""
-        words = set(lexical_tokens(text))
+        return self.fits(text, [term_id])[term_id]
+
+    def fits(self, text: str, term_ids: Iterable[str]) -> dict[str, Fit]:
+        """`fit` for several terms, the text tokenised once."""
+        words = frozenset(lexical_tokens(text))
+        widened = [self._equivalent(word) | {word} for word in words]
+        union = frozenset().union(*widened)
+        return {term_id: self._fit(widened, union, term_id) for term_id in term_ids}
+
+    def _fit(self, widened: list[frozenset[str]], union: frozenset[str], term_id: str) -> Fit:
+        """Each label word with its equivalents (`widened`) against the term's names; equivalence
+        is symmetric, so a name's word is explained when it is in `union`."""
         best = Fit(0.0, 0.0)
-        if not words:
+        if not widened:
             return best
         for record in self._records_of.get(term_id, ()):
             name = self._token_sets[record]
             if not name:
                 continue
-            covered = sum(1 for word in words if word in name or self._equivalent(word) & name)
-            explained = sum(1 for word in name if word in words or self._equivalent(word) & words)
-            candidate = Fit(covered / len(words), explained / len(name))
+            covered = sum(1 for word in widened if not word.isdisjoint(name))
+            candidate = Fit(covered / len(widened), len(name & union) / len(name))
             if (candidate.recall, candidate.precision) > (best.recall, best.precision):
                 best = candidate
         return best
@@ -192,6 +212,59 @@ def equivalences(names_per_term: Iterable[Sequence[frozenset[str]]]) -> dict[str
     return {word: frozenset(others) for word, others in out.items()}
 
 
+_Records = tuple[list[str], list[str], list[str]]  # record ids, their term ids, their normalize keys
+
+
+def _read_records(collection: Any) -> _Records:
+    record_ids: list[str] = []
+    term_ids: list[str] = []
+    norms: list[str] = []
+    offset = 0
+    while True:
+        got = collection.get(include=["metadatas"], limit=PAGE, offset=offset)
+        for record_id, meta in zip(got["ids"], got["metadatas"] or [], strict=True):
+            if meta and meta.get("text") and meta.get("term_id"):
+                record_ids.append(record_id)
+                term_ids.append(meta["term_id"])
+                norm = meta.get("norm")
+                norms.append(norm if isinstance(norm, str) else normalize(meta["text"]))
+        if len(got["ids"]) < PAGE:
+            return record_ids, term_ids, norms
+        offset += PAGE
+
+
+def _read_cached(path: Path) -> _Records | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        records = (data["record_ids"], data["term_ids"], data["norms"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    lengths = {len(column) for column in records}
+    return records if len(lengths) == 1 and all(isinstance(column, list) for column in records) else None
+
+
+def _write_cached(path: Path, records: _Records) -> None:
+    record_ids, term_ids, norms = records
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"record_ids": record_ids, "term_ids": term_ids, "norms": norms}),
+                       encoding="utf-8")
+        tmp.replace(path)
+        kept = sorted(path.parent.glob("*.json"), key=lambda file: file.stat().st_mtime, reverse=True)
+        for stale in kept[CACHED_FILES:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def cache_directory() -> Path:
+    """Where `index_for` keeps the records it read (under the ontosearch cache directory)."""
+    from ontosearch.embedders import cache_dir
+
+    return cache_dir() / "lexical"
+
+
 _INDEXES: OrderedDict[str, LexicalIndex] = OrderedDict()
 _LOCK = threading.Lock()
 
@@ -200,14 +273,15 @@ def index_for(collection: Any) -> LexicalIndex:
     """The lexical index of `collection`, built on first use and kept per process.
 
     Keyed by the collection's id: a rebuilt collection is a new collection with a new id, so a
-    kept index never answers for records it was not built from.
+    kept index (or the records kept in `cache_directory()`) never answers for records it was not
+    built from.
     """
     key = f"{collection.id}:{collection.name}"
     with _LOCK:
         if key in _INDEXES:
             _INDEXES.move_to_end(key)
             return _INDEXES[key]
-    built = LexicalIndex.from_collection(collection)
+    built = LexicalIndex.from_collection(collection, cache_directory())
     with _LOCK:
         _INDEXES[key] = built
         while len(_INDEXES) > CACHED_INDEXES:

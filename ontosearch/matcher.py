@@ -444,7 +444,7 @@ class Matcher:
                 for hit in found[label] if hit.term_id not in dense_terms[label] and hit.record_id in records
             ]
             terms = dense_terms[label] | {meta["term_id"] for meta, _ in extra[label]}
-            fits[label] = {term_id: index.fit(texts[label], term_id) for term_id in terms}
+            fits[label] = index.fits(texts[label], terms)
         return extra, fits
 
     def _fetch_records(self, record_ids: set[str]) -> dict[str, Hit]:
@@ -743,6 +743,8 @@ def _fused(
     it came from the lexical channel only, or passed a candidate the dense channel had ranked
     before it.
     """
+    if not lexical and not any(_lexical_bonus(fit) for fit in fits.values()):
+        return [(meta, similarity, "vector") for meta, similarity in dense]  # nothing to fuse
     floor = -1.0
     places = []
     for meta, similarity in reversed(dense):

@@ -17,6 +17,7 @@ roman numerals ("type II" / "type 2"); Greek letters ("γδ"); comma inversions
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -89,8 +90,13 @@ def _ascii(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalize(text: str) -> str:
-    """The lookup key of a label: lower case, ASCII, markers spelt out, singular words, no punctuation."""
+    """The lookup key of a label: lower case, ASCII, markers spelt out, singular words, no punctuation.
+
+    Kept for recent texts: matching normalises each label, its rewrites and their key variants,
+    and the lexical channel its words again, so the same strings recur many times per batch.
+    """
     return _normalize(split_atlas_spelling(_ascii(text)))
 
 
@@ -106,7 +112,12 @@ def lexical_tokens(text: str) -> list[str]:
     Index and query go through this one function, so "Lung Fibroblasts", "fibroblast of lung"
     and "Fibroblast_Lung" share the tokens {fibroblast, lung}.
     """
-    return [word for word in normalize(text).split() if word not in _FUNCTION_WORDS]
+    return norm_tokens(normalize(text))
+
+
+def norm_tokens(key: str) -> list[str]:
+    """`lexical_tokens` of a text whose `normalize` key is `key` (records store it as `norm`)."""
+    return [word for word in key.split() if word not in _FUNCTION_WORDS]
 
 
 def _normalize(text: str) -> str:
@@ -178,7 +189,8 @@ def query_keys(text: str, cell_suffix: bool = False, disease_suffix: bool = Fals
         bases.append(normalize(inverted))
     for base in bases:
         add(base)
-    add(joined_normalize(text))  # the CamelCase name as collections built before the split store it
+    if _CAMEL_JOIN.search(text):
+        add(joined_normalize(text))  # the CamelCase name as collections built before the split store it
     for variant in latin_singulars(inverted or text):
         add(normalize(variant))
     if disease_suffix and re.search(r"['’]s\s*$", text):

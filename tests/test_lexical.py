@@ -11,8 +11,9 @@ import chromadb
 import numpy as np
 import pytest
 
+from ontosearch.embedders import ENV_CACHE_DIR
 from ontosearch.indexing import collection_name, index_ontology
-from ontosearch.lexical import Fit, LexicalIndex, equivalences, index_for
+from ontosearch.lexical import CACHED_FILES, Fit, LexicalIndex, cache_directory, equivalences, index_for
 from ontosearch.matcher import LEXICAL_WEIGHT, _fused, match
 from ontosearch.normalize import lexical_tokens
 from ontosearch.ontologies import Ontology, Term
@@ -137,6 +138,14 @@ def test_a_parent_the_dense_channel_moved_first_keeps_its_place() -> None:
 
 # --- on real Chroma ------------------------------------------------------------------------------
 
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Kept records go to this test's directory, not the user's cache."""
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 SMALL = Ontology("uberon", "v1", [
     Term("UBERON:0000001", "kidney"),
     Term("UBERON:0000002", "renal pelvis", ("pelvis of kidney",)),
@@ -195,6 +204,51 @@ def test_the_index_is_built_once_per_collection(tmp_path: Path) -> None:
 
 
 READ_TOKEN, ADMIN_TOKEN = "lexicalread0123456789", "lexicaladmin0123456789"
+
+
+class CountingReads:
+    """A real collection, counting the `get` calls made on it."""
+
+    def __init__(self, collection: Any) -> None:
+        self.collection = collection
+        self.gets = 0
+        self.id, self.name = collection.id, collection.name
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def get(self, **kwargs: Any) -> Any:
+        self.gets += 1
+        return self.collection.get(**kwargs)
+
+
+def test_records_read_once_are_kept_on_disk_by_collection_id(tmp_path: Path) -> None:
+    client = chromadb.PersistentClient(path=str(tmp_path / "store"))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    reads = CountingReads(client.get_collection(collection_name("uberon", "v1")))
+    first = LexicalIndex.from_collection(reads, cache_directory())
+    assert reads.gets == 1
+    again = LexicalIndex.from_collection(reads, cache_directory())
+    assert reads.gets == 1  # from the kept file
+    assert again.record_ids == first.record_ids and again.search(LABELS, 3) == first.search(LABELS, 3)
+    [kept] = cache_directory().glob("*.json")
+    assert kept.name == f"{reads.id}-{reads.count()}.json"
+    kept.write_text("{not json", encoding="utf-8")  # a damaged file is read past and rewritten
+    assert LexicalIndex.from_collection(reads, cache_directory()).record_ids == first.record_ids
+    assert reads.gets == 2
+    assert LexicalIndex.from_collection(reads, cache_directory()).record_ids == first.record_ids
+    assert reads.gets == 2
+
+
+def test_the_cache_directory_keeps_only_the_newest_files(tmp_path: Path) -> None:
+    directory = cache_directory()
+    directory.mkdir(parents=True)
+    for number in range(CACHED_FILES + 5):
+        (directory / f"old-{number}.json").write_text("{}", encoding="utf-8")
+    client = chromadb.PersistentClient(path=str(tmp_path / "store"))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    LexicalIndex.from_collection(client.get_collection(collection_name("uberon", "v1")), directory)
+    assert len(list(directory.glob("*.json"))) == CACHED_FILES
 
 
 @pytest.mark.slow

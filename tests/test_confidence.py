@@ -51,6 +51,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_classes_follow_the_evidence_and_the_rank() -> None:
     assert [classify(kind, 1, 0.0) for kind in ("id", "replaced_id", "label", "alias")] == ["high"] * 4
     assert [classify(kind, 1, 0.0) for kind in ("synonym", "abbreviation")] == ["good"] * 2
+    assert classify("lexical", 1, 0.0) == "medium"  # whatever its margin
     assert classify("vector", 1, 0.05) == "medium"
     assert classify("vector", 1, 0.049) == "low"
     assert classify("replaced_id", 1, 1.0, suggested=True) == "medium"

@@ -86,7 +86,7 @@ def test_sssom_output_conforms_to_the_sssom_schema_and_says_what_it_maps(
     assert [first[field] for field in fields] == [
         "skos:exactMatch", "CL:0000236", "B cell", "semapv:LexicalMatching", "0.982"]
     assert "match_type=label" in first["other"] and "confidence_class=high" in first["other"]
-    assert all(row["confidence"] == "0.012" for row in b_cell[1:])  # rows after the first
+    assert all(row["confidence"] == "0.010" for row in b_cell[1:])  # rows after the first
     vector = by_subject["lymphocytes that make antibodies"][0]
     assert vector["mapping_justification"] == "semapv:SemanticSimilarityThresholdMatching"
     assert 0 < float(vector["similarity_score"]) < 1 and vector["similarity_measure"] == "wikidata:Q1784941"

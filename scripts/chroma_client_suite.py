@@ -143,6 +143,9 @@ def run_suite(python: Path, name: str, port: int, auth: dict[str, str], tests: l
             env.pop(key, None)
     command = [
         str(python), "-m", "pytest", "-c", str(workdir / "pytest.ini"), "--rootdir", str(base),
+        # Some modules of the suite need what only chromadb's own CI has (hnswlib, the distributed
+        # log service's protos, pandas): they fail to import both ways and the rest still runs.
+        "--continue-on-collection-errors",
         "-p", "no:cacheprovider", "-q", "-rN", f"--junitxml={report}", f"--timeout={PER_TEST_TIMEOUT}",
         *tests, *extra,
     ]

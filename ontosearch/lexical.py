@@ -79,10 +79,11 @@ class LexicalIndex:
 
     def __init__(
         self, record_ids: Sequence[str], term_ids: Sequence[str], texts: Sequence[str],
-        norms: Sequence[str] | None = None,
+        norms: Sequence[str] | None = None, parents: dict[str, Sequence[str]] | None = None,
     ) -> None:
         """`norms`, when given, are the texts' `normalize` keys (the records' `norm` metadata), which
-        spares normalising every name again."""
+        spares normalising every name again; `parents` the terms' direct parents, whose names
+        (and their ancestors') may supply a label's class word (`fit`)."""
         # Sorted by record id, so the index (and its tie-breaking) does not depend on the order
         # in which a server returned the records.
         order = sorted(range(len(record_ids)), key=record_ids.__getitem__)
@@ -93,6 +94,8 @@ class LexicalIndex:
         self._records_of: dict[str, list[int]] = {}
         for index, term_id in enumerate(self.term_ids):
             self._records_of.setdefault(term_id, []).append(index)
+        self._parents = {term_id: tuple(found) for term_id, found in (parents or {}).items()}
+        self._class_words: dict[str, frozenset[str]] = {}
         self.equivalents = equivalences(
             [self._token_sets[i] for i in records] for records in self._records_of.values()
         )
@@ -120,8 +123,8 @@ class LexicalIndex:
             records = _read_records(collection)
             if path is not None:
                 _write_cached(path, records)
-        record_ids, term_ids, norms = records
-        return cls(record_ids, term_ids, norms, norms)
+        record_ids, term_ids, norms, parents = records
+        return cls(record_ids, term_ids, norms, norms, parents)
 
     def _expanded(self, words: list[str]) -> list[str]:
         """The words and, after them, their equivalents, so "kidney pelvis" also asks for "renal"."""
@@ -144,19 +147,44 @@ class LexicalIndex:
 
     def _fit(self, widened: list[frozenset[str]], union: frozenset[str], term_id: str) -> Fit:
         """Each label word with its equivalents (`widened`) against the term's names; equivalence
-        is symmetric, so a name's word is explained when it is in `union`."""
+        is symmetric, so a name's word is explained when it is in `union`. One label word that the
+        name lacks still counts as held when it names one of the term's classes: "femoral bone" is
+        the femur, whose ancestors are bones."""
         best = Fit(0.0, 0.0)
         if not widened:
             return best
+        classes = self._class_words_of(term_id)
         for record in self._records_of.get(term_id, ()):
             name = self._token_sets[record]
             if not name:
                 continue
-            covered = sum(1 for word in widened if not word.isdisjoint(name))
+            missing = [word for word in widened if word.isdisjoint(name)]
+            # at most one word from the classes: the class noun ("bone"), never the name itself
+            # ("SMA (spinal muscular atrophy)" is not a subtype whose parent is spinal muscular atrophy)
+            from_classes = len(missing) == 1 and not missing[0].isdisjoint(classes)
+            covered = len(widened) - len(missing) + from_classes
             candidate = Fit(covered / len(widened), len(name & union) / len(name))
             if (candidate.recall, candidate.precision) > (best.recall, best.precision):
                 best = candidate
         return best
+
+    def _class_words_of(self, term_id: str) -> frozenset[str]:
+        """The words of the names of every ancestor of the term (through `parents`)."""
+        found = self._class_words.get(term_id)
+        if found is None:
+            seen: set[str] = set()
+            frontier = list(self._parents.get(term_id, ()))
+            while frontier:
+                ancestor = frontier.pop()
+                if ancestor not in seen:
+                    seen.add(ancestor)
+                    frontier.extend(self._parents.get(ancestor, ()))
+            words: set[str] = set()
+            for ancestor in seen:
+                for record in self._records_of.get(ancestor, ()):
+                    words |= self._token_sets[record]
+            found = self._class_words[term_id] = frozenset(words)
+        return found
 
     def search(self, texts: Sequence[str], k: int) -> list[list[LexicalHit]]:
         """Per text, up to `k` terms by their best name's BM25 score, best first (ties by record
@@ -212,13 +240,15 @@ def equivalences(names_per_term: Iterable[Sequence[frozenset[str]]]) -> dict[str
     return {word: frozenset(others) for word, others in out.items()}
 
 
-_Records = tuple[list[str], list[str], list[str]]  # record ids, their term ids, their normalize keys
+# record ids, their term ids, their normalize keys; each term's direct parents
+_Records = tuple[list[str], list[str], list[str], dict[str, list[str]]]
 
 
 def _read_records(collection: Any) -> _Records:
     record_ids: list[str] = []
     term_ids: list[str] = []
     norms: list[str] = []
+    parents: dict[str, list[str]] = {}
     offset = 0
     while True:
         got = collection.get(include=["metadatas"], limit=PAGE, offset=offset)
@@ -228,28 +258,40 @@ def _read_records(collection: Any) -> _Records:
                 term_ids.append(meta["term_id"])
                 norm = meta.get("norm")
                 norms.append(norm if isinstance(norm, str) else normalize(meta["text"]))
+                if meta.get("kind", "label") == "label":
+                    parents[meta["term_id"]] = _parent_list(meta.get("parents"))
         if len(got["ids"]) < PAGE:
-            return record_ids, term_ids, norms
+            return record_ids, term_ids, norms, parents
         offset += PAGE
+
+
+def _parent_list(encoded: Any) -> list[str]:
+    try:
+        found = json.loads(encoded) if isinstance(encoded, str) else []
+    except ValueError:
+        return []
+    return [str(parent) for parent in found] if isinstance(found, list) else []
 
 
 def _read_cached(path: Path) -> _Records | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        records = (data["record_ids"], data["term_ids"], data["norms"])
+        columns = (data["record_ids"], data["term_ids"], data["norms"])
+        parents = data["parents"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    lengths = {len(column) for column in records}
-    return records if len(lengths) == 1 and all(isinstance(column, list) for column in records) else None
+    if not all(isinstance(column, list) for column in columns) or len({len(c) for c in columns}) != 1:
+        return None
+    return (*columns, parents) if isinstance(parents, dict) else None
 
 
 def _write_cached(path: Path, records: _Records) -> None:
-    record_ids, term_ids, norms = records
+    record_ids, term_ids, norms, parents = records
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"record_ids": record_ids, "term_ids": term_ids, "norms": norms}),
-                       encoding="utf-8")
+        payload = {"record_ids": record_ids, "term_ids": term_ids, "norms": norms, "parents": parents}
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
         tmp.replace(path)
         kept = sorted(path.parent.glob("*.json"), key=lambda file: file.stat().st_mtime, reverse=True)
         for stale in kept[CACHED_FILES:]:

@@ -92,8 +92,7 @@ _KEEP_EXTRA = 12
 # The most a dense or lexical candidate gains when one of its names holds every word of the label
 # (times the share of that name's words the label explains), in units of cosine similarity.
 # Learned on the real-world sets and variants of all three ontologies (MiniLM): 0.05 to 0.15 lose
-# no label anywhere and 0.15 fixes the most (13 rows); 0.2 loses three ("pancreatic duct cells"
-# to "tuft cell of pancreatic duct", "retinas", "metanephric kidney").
+# no label anywhere, 0.15 fixes the most (17 rows), 0.2 loses one ("retinas").
 LEXICAL_WEIGHT = 0.15
 # Terms the lexical channel adds per label (beside the dense channel's top_k + _KEEP_EXTRA).
 LEXICAL_CANDIDATES = 10
@@ -804,20 +803,27 @@ def _below_named_ancestors(
     entries: list[tuple[float, int, dict[str, Any], float]], fits: dict[str, Fit]
 ) -> list[tuple[float, int, dict[str, Any], float]]:
     """A narrower term whose name adds words the label does not have ("manic bipolar affective
-    disorder" for "bipolar affective disorder") stays below an ancestor the dense channel ranked
-    before it: word overlap may pass the general term only when the label names the narrower one
-    exactly (every word of one of its names: "fibroblast of lung" for "lung fibroblasts")."""
+    disorder" for "bipolar affective disorder", "right atrium auricular region" for "right
+    atrial") stays below an ancestor that the dense channel ranked before it or whose name the
+    label names exactly: word overlap may pass the general term only when the label names the
+    narrower one exactly (every word of one of its names: "fibroblast of lung" for "lung
+    fibroblasts")."""
     parents = {meta["term_id"]: set(_parents(meta)) for _, _, meta, _ in entries}
     score_of = {meta["term_id"]: (score, position) for score, position, meta, _ in entries}
     out = []
     for score, position, meta, similarity in entries:
         fit = fits.get(meta["term_id"])
         if fit is not None and fit.recall >= 1.0 and fit.precision < 1.0:
-            caps = [score_of[ancestor][0] for ancestor in _ancestors_among(meta["term_id"], parents)
-                    if score_of[ancestor][1] < position]
+            caps = [score_of[ancestor][0] - (0.0 if score_of[ancestor][1] < position else 1e-9)
+                    for ancestor in _ancestors_among(meta["term_id"], parents)
+                    if score_of[ancestor][1] < position or _names_exactly(fits.get(ancestor))]
             score = min([score, *caps])
         out.append((score, position, meta, similarity))
     return out
+
+
+def _names_exactly(fit: Fit | None) -> bool:
+    return fit is not None and fit.recall >= 1.0 and fit.precision >= 1.0
 
 
 def _shared_parent(candidates: list[Candidate]) -> str | None:

@@ -19,7 +19,7 @@ from ontosearch.normalize import lexical_tokens
 from ontosearch.ontologies import Ontology, Term
 
 
-def index_of(names: dict[str, list[str]]) -> LexicalIndex:
+def index_of(names: dict[str, list[str]], parents: dict[str, list[str]] | None = None) -> LexicalIndex:
     """An index over terms -> names, record ids shaped like the collection's (label, then `#s<n>`)."""
     record_ids, term_ids, texts = [], [], []
     for term_id, term_names in names.items():
@@ -27,7 +27,7 @@ def index_of(names: dict[str, list[str]]) -> LexicalIndex:
             record_ids.append(term_id if position == 0 else f"{term_id}#s{position - 1}")
             term_ids.append(term_id)
             texts.append(name)
-    return LexicalIndex(record_ids, term_ids, texts)
+    return LexicalIndex(record_ids, term_ids, texts, parents=parents)
 
 
 NAMES = {
@@ -84,6 +84,17 @@ def test_equivalent_words_count_for_search_and_fit() -> None:
     assert index.fit("Kidney Medulla", "U:4") == Fit(1.0, 1.0)
 
 
+def test_one_word_of_the_label_may_name_a_class_of_the_term() -> None:
+    names = {"B:1": ["bone"], "B:2": ["long bone"], "B:3": ["femur"], "D:1": ["spinal muscular atrophy"],
+             "D:2": ["proximal spinal muscular atrophy", "SMA"]}
+    index = index_of(names, parents={"B:2": ["B:1"], "B:3": ["B:2"], "D:2": ["D:1"]})
+    assert index.fit("Femur bone", "B:3") == Fit(1.0, 1.0)  # the femur is a (long) bone
+    assert index.fit("Femur", "B:3") == Fit(1.0, 1.0)
+    # but a class cannot stand for the name: spinal muscular atrophy is named, not a subtype of it
+    assert index.fit("SMA (spinal muscular atrophy)", "D:2").recall < 1.0
+    assert index.fit("SMA (spinal muscular atrophy)", "D:1").recall < 1.0
+
+
 def meta(term_id: str, specific: bool = False) -> dict[str, Any]:
     return {"term_id": term_id, "label": term_id, "text": term_id, "specific": specific}
 
@@ -128,6 +139,16 @@ def test_a_narrower_term_adding_words_stays_below_its_ancestor_unless_the_label_
     order = _fused([(fibroblast, 0.80), (of_lung, 0.82)], [], fits)
     assert [(m["term_id"], kind) for m, _, kind in order] == [
         ("fibroblast of lung", "lexical"), ("fibroblast", "vector")]
+
+
+def test_a_narrower_term_stays_below_an_ancestor_the_label_names_exactly() -> None:
+    region = {**meta("right atrium auricular region"), "parents": '["right atrium"]'}
+    atrium = {**meta("right atrium"), "parents": "[]"}
+    # "right atrial": the region is nearer and holds both words, but adds two the label lacks
+    fits = {"right atrium auricular region": Fit(1.0, 0.5), "right atrium": Fit(1.0, 1.0)}
+    order = _fused([(region, 0.82)], [(atrium, 0.66)], fits)
+    assert [(m["term_id"], kind) for m, _, kind in order] == [
+        ("right atrium", "lexical"), ("right atrium auricular region", "vector")]
 
 
 def test_a_parent_the_dense_channel_moved_first_keeps_its_place() -> None:

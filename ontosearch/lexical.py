@@ -1,8 +1,9 @@
 """The lexical channel: BM25 over every term's label, synonyms and aliases, beside the vectors.
 
-Why: an embedding of "Lung Fibroblasts" or "Kidney Pelvis" lands near the bare general term
-("fibroblast") or the organ, while the term meant ("fibroblast of lung", "renal pelvis") holds
-every content word of the label. Word overlap finds it regardless of word order, the way
+Why: an embedding of a compositional label ("outer hair cells", "Lung_Upper_Lobe") can land
+nearer a general term or a sibling ("hair follicle cell", "lobe of lung") than the term meant,
+whose name holds every content word of the label ("cochlear outer hair cell", "upper lobe of
+lung"). Word overlap finds it regardless of word order, the way
 atlases and portals compose their labels ("Fibroblast_Lung", "Eye - Retina").
 
 Where from: the collection's own records, read through the chromadb client with

@@ -48,6 +48,78 @@ from ontosearch.embedders import (  # noqa: E402
 SUMMARY = re.compile(r"(\d+) rows, .*?; (\d+) labels/s \((\d+\.\d) s, setup (\d+\.\d) s\)")
 
 
+# The issue-13 label set ("labels that need embedding"): qualifier words that scientists add to a
+# cell type and that no CL name carries, word orders and casings that change the normalised key.
+_QUALIFIERS_BEFORE = ("activated", "resting", "mature", "immature", "putative", "proliferating", "human",
+                      "adult", "fetal", "circulating", "tissue-resident", "cycling", "early", "late",
+                      "reactive", "quiescent", "stressed", "inflamed", "senescent", "migratory")
+_QUALIFIERS_AFTER = ("(cluster {n})", "-like", "subset {n}", "cluster {n}", "lineage", "state {n}",
+                     "population {n}", "(batch {n})", "- niche {n}", "program {n}")
+
+
+def make_embedding_labels(n: int = 10_000, distinct: int = 7_000, exact_share: float = 0.02,
+                          ontology: str = "cl", seed: int = 13) -> list[str]:
+    """`n` rows of `distinct` labels that need embedding: few are exact hits, so nearly every
+    distinct label goes through the embedder, the vector query and the lexical channel.
+
+    Reproducible from `seed`: each distinct label is a name (label or synonym) of a packaged
+    `ontology` term, reworded by one or two of: a qualifier word in front ("activated", "fetal",
+    ...), a qualifier after it ("(cluster 7)", "-like", "subset 3", ...), its first two words
+    swapped; then cased as written, lower, Title or UPPER. A variant is kept only when none of the
+    lookup keys the matcher tries for it (the label and its rewrites, `normalize.query_keys`) is
+    the normalised key of any label, synonym or alias record of the ontology: it is not an exact
+    hit. Then `exact_share` of the distinct labels are replaced by names as the ontology writes
+    them (exact hits, the fast path), and the remaining `n - distinct` rows repeat distinct labels
+    at random; the rows are shuffled.
+    """
+    import random
+
+    from ontosearch.indexing import _records
+    from ontosearch.matcher import _keys, rewrites_of
+    from ontosearch.ontologies import load_ontology
+
+    onto = load_ontology(ontology)
+    rng = random.Random(seed)
+    names = [name for term in onto.terms for name in (term.label, *term.synonyms) if 0 < len(name) <= 120]
+    known = {meta["norm"] for _, _, meta, _ in _records(onto, synonyms=True)}
+    suffixes = {"cell_suffix": onto.name == "cl", "disease_suffix": onto.name == "mondo"}
+
+    def reword(text: str) -> str:
+        steps = rng.sample(("before", "after", "swap"), rng.choice((1, 1, 2)))
+        for step in steps:
+            if step == "before":
+                text = f"{rng.choice(_QUALIFIERS_BEFORE)} {text}"
+            elif step == "after":
+                after = rng.choice(_QUALIFIERS_AFTER).format(n=rng.randint(1, 40))
+                text = f"{text}{after}" if after == "-like" else f"{text} {after}"
+            else:
+                words = text.split()
+                if len(words) >= 2:
+                    text = " ".join([words[1], words[0], *words[2:]])
+        case = rng.choice(("as", "as", "lower", "title", "upper"))
+        return {"as": text, "lower": text.lower(), "title": text.title(), "upper": text.upper()}[case]
+
+    exact = int(round(distinct * exact_share))
+    seen: set[str] = set()
+    unique: list[str] = []
+    while len(unique) < distinct - exact:
+        text = reword(rng.choice(names))
+        if text in seen:
+            continue
+        seen.add(text)
+        keys = _keys([text, *rewrites_of(text, onto.name, onto.name)], suffixes)
+        if not any(key in known for key in keys):
+            unique.append(text)
+    while len(unique) < distinct:
+        text = rng.choice(names)
+        if text not in seen:
+            seen.add(text)
+            unique.append(text)
+    rows = unique + [rng.choice(unique) for _ in range(n - len(unique))]
+    rng.shuffle(rows)
+    return rows
+
+
 def _timed(fn: Any) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one call."""
     cpu, wall = time.process_time(), time.perf_counter()

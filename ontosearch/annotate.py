@@ -15,6 +15,7 @@ to a temporary file and renamed into place at the end, so OUT never holds a half
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import os
 import signal
@@ -31,9 +32,11 @@ from ontosearch import constants
 from ontosearch.label_io import (
     FORMATS,
     MAX_LABEL_CHARS,
+    MAX_LINE_CHARS,
     RESULT_COLUMNS,
     LabelFileError,
     ResultWriter,
+    detect_format,
     read_labels,
 )
 
@@ -94,8 +97,8 @@ def _h5ad_groups(args: argparse.Namespace) -> tuple[list[Any], Any]:
         raise AnnotateError("an .h5ad input needs --column: the obs column that holds the labels "
                             "(for example --column cell_type)")
     source = Path(args.input).expanduser()
-    if args.h5ad_out and Path(args.h5ad_out).expanduser().resolve() == source.resolve():
-        raise AnnotateError("--h5ad-out would overwrite the input; give another path for the annotated copy")
+    if args.h5ad_out:
+        _check_h5ad_out(args.h5ad_out, source, args.output)
     try:
         return group_labels(read_obs_column(source, args.column), args.column, args.max_label_chars)
     except AnnDataError as exc:
@@ -119,12 +122,70 @@ def _write_h5ad_copy(args: argparse.Namespace, writer: Any, cells: Any, ontology
     try:
         write_annotated_copy(Path(args.input).expanduser(), Path(args.h5ad_out).expanduser(),
                              {id_column: ids, label_column: names})
-    except (AnnDataError, OSError) as exc:
-        raise AnnotateError(f"--h5ad-out: {exc}") from None
+    except AnnDataError as exc:
+        raise AnnotateError(str(exc)) from None
+    except OSError as exc:
+        raise AnnotateError(f"--h5ad-out {args.h5ad_out}: cannot write the annotated copy: "
+                            f"{exc.strerror or exc}") from None
     annotated = sum(group.n_rows for group, (term_id, _) in zip(writer.groups, terms, strict=True)
                     if term_id not in (None, "unknown"))
     return (f"annotate: {len(cells)} cells, {annotated} with a term in {id_column} and {label_column} "
             f"-> {args.h5ad_out}")
+
+
+def _check_h5ad_out(h5ad_out: str, source: Path, output: str) -> None:
+    """Refuses an --h5ad-out path the copy could not take, before any slow set-up: the copy is
+    written last, after the matching and the result file."""
+    target = Path(h5ad_out).expanduser()
+    if target.resolve() == source.resolve():
+        raise AnnotateError("--h5ad-out would overwrite the input; give another path for the annotated copy")
+    if output != "-" and target.resolve() == Path(output).expanduser().resolve():
+        raise AnnotateError("--h5ad-out and --output name the same file; give the annotated copy a path of "
+                            "its own, such as annotated.h5ad")
+    if target.is_dir():
+        raise AnnotateError(f"--h5ad-out {h5ad_out} is a directory; give a file name such as "
+                            f"{target / 'annotated.h5ad'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise AnnotateError(f"--h5ad-out {h5ad_out}: directory {parent} does not exist; create it first")
+
+
+def _check_output(path: str) -> None:
+    """Refuses an --output path that cannot be written, before any slow set-up (a first run builds
+    the local index first)."""
+    if path == "-":
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise AnnotateError(f"--output {path} is a directory; give a file name such as {target / 'out.csv'}")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise AnnotateError(f"--output {path}: directory {parent} does not exist; create it first")
+
+
+def _first_column_note(path: Path, fmt: str | None) -> str | None:
+    """A note naming the column read when a table of several columns comes without --column: the
+    first column of a sample sheet or an exported obs table is often an id, not the labels."""
+    try:
+        fmt = (fmt or detect_format(path)).lower()
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(path).names)
+        elif fmt in ("csv", "tsv"):
+            with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
+                first = handle.readline(MAX_LINE_CHARS)
+            header = next(csv.reader([first], delimiter="," if fmt == "csv" else "\t"), [])
+            names = [name.strip() for name in header]
+        else:
+            return None
+    except (OSError, ValueError, csv.Error):  # the reader itself reports what is wrong with the file
+        return None
+    if len(names) < 2:
+        return None
+    shown = ", ".join(repr(name) for name in names[:10]) + (", ..." if len(names) > 10 else "")
+    return (f"note: no --column given, so the labels are read from the first of {len(names)} columns, "
+            f"{names[0]!r} ({shown}); pass --column to choose another")
 
 
 class AnnotateError(RuntimeError):
@@ -283,12 +344,9 @@ def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
         yield sys.stdout
         sys.stdout.flush()
         return
+    _check_output(path)
     target = Path(path).expanduser()
-    if target.is_dir():
-        raise AnnotateError(f"--output {path} is a directory; give a file name such as {target / 'out.csv'}")
     parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise AnnotateError(f"--output {path}: directory {parent} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
@@ -413,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
     h5ad = args.format == "h5ad" or (args.format is None and args.input.lower().endswith(".h5ad"))
     if args.h5ad_out and not h5ad:
         raise AnnotateError("--h5ad-out needs an .h5ad --input (it writes an annotated copy of that file)")
+    _check_output(args.output)
     # Check the input before any slow setup, so a typo fails at once.
     groups: list[Any] = []
     cells = None
@@ -423,6 +482,9 @@ def run(args: argparse.Namespace) -> int:
         rows = read_labels(Path(args.input).expanduser(), args.format, args.column, args.max_label_chars)
         first = next(rows, None)  # a --column missing from the header raises here
         rows = itertools.chain([] if first is None else [first], rows)
+        note = None if args.column else _first_column_note(Path(args.input).expanduser(), args.format)
+        if note:
+            _err(f"annotate: {note}")
     progress = not args.quiet
 
     client, where = open_client(args, ontology, progress)

@@ -347,6 +347,119 @@ def test_commands_refuse_bad_input_with_a_message_not_a_traceback(case: str, tmp
     assert "Traceback" not in output and 'File "' not in output
 
 
+# --- annotate: bad files and arguments of the AnnData, Parquet and SSSOM paths ----------------------
+
+def write_annotate_inputs(tmp: Path) -> None:
+    """Real files, as a user would have them: an .h5ad written by anndata, a Parquet table, a copy
+    of it cut short, and a text file named .h5ad."""
+    import anndata
+    import pandas as pd
+    import pyarrow
+    import pyarrow.parquet
+
+    obs = pd.DataFrame({"cell_type": pd.Categorical(["B cells", "T cells", "B cells"]),
+                        "n_genes": [900, 1200, 800]}, index=["c1", "c2", "c3"])
+    anndata.AnnData(obs=obs).write_h5ad(tmp / "cells.h5ad")
+    pyarrow.parquet.write_table(pyarrow.table({"sample": ["s1", "s2"], "cell_type": ["B cells", "T cells"]}),
+                                tmp / "samples.parquet")
+    whole = (tmp / "samples.parquet").read_bytes()
+    (tmp / "cut.parquet").write_bytes(whole[: len(whole) // 2])
+    (tmp / "notes.h5ad").write_text("B cells\nT cells\n")
+    (tmp / "labels.txt").write_text("T cell\n")
+    (tmp / "out").mkdir()
+
+
+ANNOTATE = ["annotate", "--ontology", "cl", "--output", "{tmp}/out/result.csv"]
+# case -> (arguments after ANNOTATE, the message). Each is refused with exit status 2 before the
+# store is opened (a first run would build the local index first) and writes nothing.
+ANNOTATE_BAD_INPUT = {
+    "h5ad-without-column": (["--input", "{tmp}/cells.h5ad"], "an .h5ad input needs --column"),
+    "h5ad-missing-column": (["--input", "{tmp}/cells.h5ad", "--column", "celltype"],
+                            "obs has no column 'celltype' (columns: 'cell_type', 'n_genes')"),
+    "h5ad-numeric-column": (["--input", "{tmp}/cells.h5ad", "--column", "n_genes"],
+                            "obs column 'n_genes' holds int64 values, not labels"),
+    "h5ad-not-hdf5": (["--input", "{tmp}/notes.h5ad", "--column", "cell_type"],
+                      "cannot open {tmp}/notes.h5ad as an .h5ad (HDF5) file"),
+    "parquet-truncated": (["--input", "{tmp}/cut.parquet", "--column", "cell_type"],
+                          "cannot read cut.parquet as Parquet"),
+    "parquet-missing-column": (["--input", "{tmp}/samples.parquet", "--column", "celltype"],
+                               "column 'celltype' is not in the Parquet file "
+                               "(columns: 'sample', 'cell_type')"),
+    "min-confidence-unknown": (["--input", "{tmp}/labels.txt", "--min-confidence", "bogus"],
+                               "unknown confidence class 'bogus'; use one of high, good, medium, low"),
+    "output-format-unknown": (["--input", "{tmp}/labels.txt", "--output-format", "bogus"],
+                              "argument --output-format: invalid choice: 'bogus'"),
+    "sssom-top-k-0": (["--input", "{tmp}/labels.txt", "--top-k", "0", "--output-format", "sssom"],
+                      "--top-k must be between 1 and 100, got 0"),
+    "parquet-to-stdout": (["--input", "{tmp}/labels.txt", "--output-format", "parquet", "--output", "-"],
+                          "parquet output needs a file"),
+    "output-missing-directory": (["--input", "{tmp}/labels.txt", "--output", "{tmp}/nowhere/result.csv"],
+                                 "directory {tmp}/nowhere does not exist; create it first"),
+    "h5ad-out-missing-directory": (["--input", "{tmp}/cells.h5ad", "--column", "cell_type",
+                                    "--h5ad-out", "{tmp}/nowhere/annotated.h5ad"],
+                                   "--h5ad-out {tmp}/nowhere/annotated.h5ad: directory {tmp}/nowhere "
+                                   "does not exist; create it first"),
+    "h5ad-out-a-directory": (["--input", "{tmp}/cells.h5ad", "--column", "cell_type",
+                              "--h5ad-out", "{tmp}/out"],
+                             "--h5ad-out {tmp}/out is a directory"),
+    "h5ad-out-is-the-output": (["--input", "{tmp}/cells.h5ad", "--column", "cell_type",
+                                "--h5ad-out", "{tmp}/out/result.csv"],
+                               "--h5ad-out and --output name the same file"),
+    "h5ad-out-is-the-input": (["--input", "{tmp}/cells.h5ad", "--column", "cell_type",
+                               "--h5ad-out", "{tmp}/cells.h5ad"], "--h5ad-out would overwrite the input"),
+    "h5ad-out-without-h5ad": (["--input", "{tmp}/labels.txt", "--h5ad-out", "{tmp}/out/annotated.h5ad"],
+                              "--h5ad-out needs an .h5ad --input"),
+}
+
+
+@pytest.mark.parametrize("case", list(ANNOTATE_BAD_INPUT))
+def test_annotate_refuses_bad_files_and_arguments_before_any_setup(case: str, tmp_path: Path) -> None:
+    write_annotate_inputs(tmp_path)
+    extra, message = ANNOTATE_BAD_INPUT[case]
+    args = [a.format(tmp=tmp_path) for a in ANNOTATE + extra]
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHROMA_PATH": str(store),
+           "ONTOSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("CHROMA_URL", None)
+    completed = subprocess.run([sys.executable, "-m", "ontosearch", *args], capture_output=True, text=True,
+                               env=env, cwd=ROOT, timeout=120)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert message.format(tmp=tmp_path) in output
+    assert "Traceback" not in output and 'File "' not in output
+    assert not store.exists()  # refused before the store was opened, let alone built
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # nothing written, no temp file left
+    assert (tmp_path / "cells.h5ad").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_annotate_names_the_column_it_reads_from_a_table_without_column(
+        small_snapshot: Path, annotate_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        fmt: str) -> None:
+    """A sample sheet's first column is often an id: without --column the first column is read, as
+    documented, and annotate says which one and which others there are."""
+    from ontosearch import annotate
+
+    write_annotate_inputs(tmp_path)
+    source = tmp_path / "samples.parquet"
+    if fmt == "csv":
+        source = tmp_path / "samples.csv"
+        source.write_text("sample,cell_type\ns1,B cells\ns2,T cells\n")
+    output = tmp_path / "out" / "result.csv"
+    code = annotate.main(["--input", str(source), "--ontology", "cl", "--top-k", "1", "--output", str(output),
+                          "--snapshot", str(small_snapshot), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert ("annotate: note: no --column given, so the labels are read from the first of 2 columns, 'sample' "
+            "('sample', 'cell_type'); pass --column to choose another") in err
+    with open(output, encoding="utf-8", newline="") as handle:
+        assert [r["input"] for r in csv.DictReader(handle)] == ["s1", "s2"]
+    code = annotate.main(["--input", str(source), "--ontology", "cl", "--top-k", "1", "--output", str(output),
+                          "--snapshot", str(small_snapshot), "--quiet", "--column", "cell_type"])
+    assert code == 0 and "note:" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_bad_execution_input_fails_the_execution_with_a_cause_not_a_traceback(small_snapshot: Path,
                                                                              tmp_path: Path) -> None:

@@ -106,9 +106,12 @@ def obsolete_terms(ontology: str, version: str | None) -> dict[str, Obsolete]:
         data_dir = _package_data_dir()
         import zstandard
     except ImportError as exc:
+        # The batch workflow's Lambda image leaves the package out (lambdas/requirements.txt): its
+        # query Lambda answers live ids from the collection and these ids with this error row.
         raise ObsoleteLookupError(
             f"obsolete ids are looked up in the packaged ontology (cellxgene-ontology-guide), which is "
-            f"not installed here ({exc}); install it from requirements.txt"
+            f"not installed here ({exc}); the batch workflow's Lambdas do not have it: annotate such ids "
+            "with `python -m ontosearch annotate` after `bash scripts/setup.sh` (requirements.txt)"
         ) from None
     if not versions:
         raise ObsoleteLookupError(f"cellxgene-ontology-guide ships no {ontology} release to look ids up in")

@@ -460,6 +460,28 @@ def test_annotate_names_the_column_it_reads_from_a_table_without_column(
     assert code == 0 and "note:" not in capsys.readouterr().err
 
 
+def test_an_obsolete_id_without_the_packaged_ontology_says_where_it_can_be_upgraded() -> None:
+    """The Lambda image has no cellxgene-ontology-guide: an id that is no live term cannot be looked
+    up there, and the error row says so and where it can (a fresh process without the package)."""
+    script = (
+        "import sys\n"
+        "sys.modules['cellxgene_ontology_guide'] = None\n"
+        "sys.modules['cellxgene_ontology_guide._constants'] = None\n"
+        "from ontosearch.term_ids import ObsoleteLookupError, obsolete_terms\n"
+        "try:\n"
+        "    obsolete_terms('cl', None)\n"
+        "except ObsoleteLookupError as exc:\n"
+        "    print(exc)\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    message = completed.stdout
+    assert "cellxgene-ontology-guide), which is not installed here" in message
+    assert "the batch workflow's Lambdas do not have it" in message
+    assert "python -m ontosearch annotate" in message
+
+
 @pytest.mark.slow
 def test_bad_execution_input_fails_the_execution_with_a_cause_not_a_traceback(small_snapshot: Path,
                                                                              tmp_path: Path) -> None:

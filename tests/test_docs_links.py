@@ -132,3 +132,39 @@ def test_relative_link_resolves(page: Path, href: str) -> None:
             f"{where}: link {href!r}: {target.name} has no heading with anchor "
             f"#{parts.fragment}; its anchors: {sorted(anchors(target))}"
         )
+
+
+def _table_rows(path: Path, first_header: str) -> dict[str, list[str]]:
+    """The body rows of the page's table whose first header cell is `first_header`, keyed by their
+    first cell (code spans unwrapped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().strip("`") for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_usage_states_the_measured_precision_of_each_confidence_class() -> None:
+    """docs/usage.md's class table gives the numbers the code gives SSSOM consumers
+    (ontosearch/confidence.py, measured in bench/results/confidence.md); a recalibration that
+    changes them must change the page."""
+    from ontosearch.confidence import CLASS_PRECISION, CONFIDENCE_CLASSES, LOWER_RANK_PRECISION
+
+    rows = _table_rows(DOCS / "usage.md", "class")
+    assert list(rows) == list(CONFIDENCE_CLASSES)
+    for name, (precision, _n, _means) in rows.items():
+        assert float(precision) == CLASS_PRECISION[name], name
+    assert f"{LOWER_RANK_PRECISION:.1%}" in rows["low"][2]
+    readme = " ".join(README.read_text(encoding="utf-8").split())  # as rendered: a line break is a space
+    for name in CONFIDENCE_CLASSES:
+        assert f"{name} {CLASS_PRECISION[name]:.3f}" in readme, f"README: {name} {CLASS_PRECISION[name]:.3f}"
+
+
+def test_usage_explains_every_match_type() -> None:
+    from ontosearch.matcher import MATCH_TYPES
+
+    assert sorted(_table_rows(DOCS / "usage.md", "value")) == sorted(MATCH_TYPES)

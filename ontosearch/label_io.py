@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -85,16 +86,24 @@ def _has_escapes(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
+# Any surrogate code point: lone UTF-16 surrogates and the surrogateescape bytes U+DC80..U+DCFF
+# alike. One compiled search lets an ordinary label skip both checks (Split calls check_label on
+# every input row).
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def check_label(text: str, max_chars: int = MAX_LABEL_CHARS) -> tuple[str, str | None]:
     """(label to use or show, reason it cannot be annotated or None)."""
     label = text.strip()
-    if _has_escapes(label):
-        position = next(i for i, ch in enumerate(label) if "\udc80" <= ch <= "\udcff")
-        byte = ord(label[position]) - 0xDC00
-        return _echo(_printable(label)), (
-            f"not valid UTF-8 (byte 0x{byte:02x} at character {position + 1}); save the file as UTF-8"
-        )
-    if _has_surrogates(label):
+    if _ANY_SURROGATE.search(label) is not None:
+        escaped = _ESCAPED_BYTE.search(label)
+        if escaped is not None:
+            position = escaped.start()
+            byte = ord(label[position]) - 0xDC00
+            return _echo(_printable(label)), (
+                f"not valid UTF-8 (byte 0x{byte:02x} at character {position + 1}); save the file as UTF-8"
+            )
         return _echo(_printable(label)), "contains an unpaired UTF-16 surrogate; fix the text of this label"
     if not label:
         return "", "empty label"

@@ -49,7 +49,8 @@ s3 = boto3.client("s3", endpoint_url=os.environ["BENCH_ENDPOINT"], region_name="
 job = json.loads(os.environ["BENCH_JOB"])
 step = os.environ["BENCH_STEP"]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-run = (lambda: steps.split(job, "%s", s3)) if step == "split" else (lambda: steps.merge(job, "%s", s3))
+execution = os.environ["BENCH_EXECUTION"]
+run = lambda: getattr(steps, step)(job, execution, s3)  # noqa: E731
 profile = cProfile.Profile() if os.environ.get("BENCH_PROFILE") == step else None
 started = time.perf_counter()
 if profile:
@@ -60,12 +61,12 @@ if profile:
 seconds = time.perf_counter() - started
 if profile:
     text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+    pstats.Stats(profile, stream=text).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(25)
     print(text.getvalue(), file=sys.stderr)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": seconds, "peak_rss_mb": peak / 1024, "rss_before_mb": before / 1024,
                   "result": result}))
-""" % (EXECUTION, EXECUTION)
+"""
 
 
 def free_port() -> int:
@@ -118,7 +119,7 @@ def write_parts(s3, top_k: int) -> int:
 
 def run_step(step: str, endpoint: str, job: dict, profile: str | None) -> dict:
     env = {**os.environ, "BENCH_ENDPOINT": endpoint, "BENCH_JOB": json.dumps(job), "BENCH_STEP": step,
-           "BENCH_PROFILE": profile or "", "PYTHONPATH": str(ROOT)}
+           "BENCH_EXECUTION": EXECUTION, "BENCH_PROFILE": profile or "", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env,
                           cwd=ROOT, check=False)
     if done.returncode != 0:

@@ -32,7 +32,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,13 @@ CHUNK_MANIFEST_NAME = "chunks.jsonl"
 ROWS_NAME = "rows.jsonl"
 MAP_RESULTS_NAME = "map-results"
 CHUNK_FAILURE_NAME = "chunk-failure.json"
+ROW_BATCH = 65_536  # row-list lines Split writes at a time
+# S3 requests Split and Merge have in flight at once (boto3 clients may be shared between threads:
+# https://boto3.amazonaws.com/v1/documentation/api/latest/guide/clients.html, multithreading)
+PUT_THREADS = 8
+PART_GET_THREADS = 8
+MERGE_UPLOAD_THREADS = 3  # output parts uploading while the next fills (each PART_BYTES)
+OUTPUT_BATCH_BYTES = 8 * 1024 * 1024  # Merge joins row blocks into writes of about this size
 REQUEST_KEYS = {"input", "ontology", "top_k", "snapshot", "save_snapshot", "column"}
 # execution names become key parts; Step Functions allows these characters (and a few we refuse)
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -300,7 +309,9 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
     numbers: dict[str, int] = {}
     chunks = rows = 0
     buffer: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp:
+    pending_puts: deque[Future[Any]] = deque()
+    with tempfile.TemporaryDirectory(prefix="ontosearch-split-") as tmp, \
+            ThreadPoolExecutor(max_workers=PUT_THREADS) as pool:
         manifest_path, rows_path = Path(tmp) / CHUNK_MANIFEST_NAME, Path(tmp) / ROWS_NAME
         with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest, \
                 open(rows_path, "w", encoding="utf-8", newline="\n") as row_list:
@@ -308,28 +319,43 @@ def split(job: dict[str, Any], execution: str, s3: Any) -> dict[str, Any]:
             def flush() -> None:
                 nonlocal chunks
                 key = chunk_key(execution, chunks)
-                s3.put_object(Bucket=job["bucket"], Key=key, Body=("\n".join(buffer) + "\n").encode("utf-8"),
-                              ContentType="application/x-ndjson")
+                body = ("\n".join(buffer) + "\n").encode("utf-8")
+                # chunk PUTs go out PUT_THREADS at a time (one PUT a chunk in turn was a quarter of
+                # Split's time over a local S3); at most 2 x PUT_THREADS chunks wait in memory
+                while len(pending_puts) >= 2 * PUT_THREADS:
+                    pending_puts.popleft().result()
+                pending_puts.append(pool.submit(s3.put_object, Bucket=job["bucket"], Key=key, Body=body,
+                                                ContentType="application/x-ndjson"))
                 first = len(numbers) - len(buffer)
                 manifest.write(json.dumps({"index": chunks, "key": key, "first": first,
                                            "labels": len(buffer)}) + "\n")
                 chunks += 1
                 buffer.clear()
 
+            # the row list's lines are gathered and written ROW_BATCH at a time (a write a row
+            # was a tenth of Split's time); at most ROW_BATCH short strings are held
+            pending: list[str] = []
             for _row, label, error in read_labels(source, job["format"], job.get("column")):
                 rows += 1
                 if error is not None or label is None:
-                    row_list.write(json.dumps({"label": label, "error": error}, ensure_ascii=False) + "\n")
-                    continue
-                number = numbers.get(label)
-                if number is None:
-                    number = numbers[label] = len(numbers)
-                    buffer.append(json.dumps({"id": number, "label": label}, ensure_ascii=False))
-                    if len(buffer) >= size:
-                        flush()
-                row_list.write(f"{number}\n")
+                    pending.append(json.dumps({"label": label, "error": error}, ensure_ascii=False))
+                else:
+                    number = numbers.get(label)
+                    if number is None:
+                        number = numbers[label] = len(numbers)
+                        buffer.append(json.dumps({"id": number, "label": label}, ensure_ascii=False))
+                        if len(buffer) >= size:
+                            flush()
+                    pending.append(str(number))
+                if len(pending) >= ROW_BATCH:
+                    row_list.write("\n".join(pending) + "\n")
+                    pending.clear()
+            if pending:
+                row_list.write("\n".join(pending) + "\n")
             if buffer:
                 flush()
+            while pending_puts:  # every chunk is in S3 before the manifest that names it
+                pending_puts.popleft().result()
         s3.upload_file(str(rows_path), job["bucket"], rows_key(execution),
                        ExtraArgs={"ContentType": "application/x-ndjson"})
         s3.upload_file(str(manifest_path), job["bucket"], chunk_manifest_key(execution),
@@ -453,15 +479,47 @@ def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -
 
 # --- Merge ---------------------------------------------------------------------------------------
 
+def _in_order(pool: ThreadPoolExecutor, work: Callable[[Any], Any], items: Iterable[Any], ahead: int
+              ) -> Iterator[Any]:
+    """work(item) for every item, run on the pool at most `ahead` at a time, yielded in item order."""
+    waiting: deque[Future[Any]] = deque()
+    for item in items:
+        if len(waiting) >= ahead:
+            yield waiting.popleft().result()
+        waiting.append(pool.submit(work, item))
+    while waiting:
+        yield waiting.popleft().result()
+
+
+def _row_lines(stream: Any, block: int = 1 << 20) -> Iterator[list[bytes]]:
+    """The row list's lines, `block` bytes of the stream at a time (a line cut at a block's end
+    is completed from the next)."""
+    rest = b""
+    while True:
+        data = stream.read(block)
+        if not data:
+            if rest:
+                yield [rest]
+            return
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        yield lines
+
+
 def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = None) -> dict[str, Any]:
     """Write results/<execution>/annotations.csv: every input row in input order, each with its
     label's lines from the parts (an error row with its own), as `annotate` writes them.
 
-    The parts are laid down once in a local file of label blocks with an index of offsets (8
-    bytes a label in memory); then the row list is read as it arrives and the output uploaded
-    in parts as it is written (s3_stream.MultipartWriter), so memory does not grow with the rows
-    and /tmp holds the label blocks only. Every part must cover exactly its chunk's labels.
+    The parts are fetched PART_GET_THREADS at a time (each read whole: a part holds one chunk's
+    labels) and laid down in a local file of label blocks with an index of offsets (8 bytes a label
+    in memory); that file is then mapped read-only, the row list read 1 MiB at a time, and each
+    row's block copied into an output buffer that goes to S3 in parts as it fills
+    (s3_stream.MultipartWriter, MERGE_UPLOAD_THREADS parts uploading at once). Memory holds the
+    offsets and what the map's pages cache of the label blocks (file-backed, so reclaimable), a
+    few parts and output buffers: it grows with distinct labels, not rows. /tmp holds the label
+    blocks only. Every part must cover exactly its chunk's labels.
     """
+    import mmap
     from array import array
 
     from ontosearch.label_io import write_rows
@@ -475,37 +533,48 @@ def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = N
     kinds = ("annotated", "errors", "no_match")
     missing: list[str] = []
     totals = dict.fromkeys(("rows", *kinds), 0)
+
+    def fetch(chunk: dict[str, Any]) -> tuple[dict[str, Any], str, Any, bytes | None]:
+        key = part_key(execution, int(chunk["index"]))
+        try:
+            response = s3.get_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            return chunk, key, None, None
+        return chunk, key, response, response["Body"].read()
+
     with tempfile.TemporaryDirectory(prefix="ontosearch-merge-") as tmp:
         blocks_path = Path(tmp) / "labels.bin"
         offsets = array("Q", [0])
         label_kinds = bytearray()
-        with open(blocks_path, "wb") as blocks:
-            for chunk in read_manifest(s3, bucket, manifest_key):
-                key = part_key(execution, int(chunk["index"]))
-                try:
-                    response = s3.get_object(Bucket=bucket, Key=key)
-                except Exception as exc:
-                    if not _missing(exc):
-                        raise
+        with open(blocks_path, "wb") as blocks, ThreadPoolExecutor(max_workers=PART_GET_THREADS) as pool:
+            chunks = read_manifest(s3, bucket, manifest_key)
+            for chunk, key, response, body in _in_order(pool, fetch, chunks, 2 * PART_GET_THREADS):
+                if response is None:
                     missing.append(key)
                     continue
                 if missing:
                     continue  # the merge fails anyway; only the missing parts are still looked for
-                _check_room(tmp, int(response.get("ContentLength") or 0), key)
+                _check_room(tmp, len(body), key)
                 expected = int(chunk["labels"])
                 covered = int((response.get("Metadata") or {}).get("labels", -1))
                 if covered != expected or len(offsets) - 1 != int(chunk["first"]):
                     raise MergeError(f"part s3://{bucket}/{key} covers {covered} labels but its chunk has "
                                      f"{expected}; run the execution again")
-                for line in response["Body"].iter_lines():
+                texts = []
+                for line in body.split(b"\n"):
+                    if not line.strip():
+                        continue
                     entry = json.loads(line)
                     if entry["id"] != len(offsets) - 1:
                         raise MergeError(f"part s3://{bucket}/{key} is out of order at label {entry['id']}; "
                                          "run the execution again")
                     data = entry["text"].encode("utf-8")
-                    blocks.write(data)
+                    texts.append(data)
                     offsets.append(offsets[-1] + len(data))
                     label_kinds.append(kinds.index(entry["kind"]))
+                blocks.write(b"".join(texts))
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise MergeError(
@@ -521,27 +590,48 @@ def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = N
                 raise
             raise MergeError(f"the row list s3://{bucket}/{rows_key(execution)} is missing; "
                              "run the execution again") from None
-        with open(blocks_path, "rb") as blocks, \
-                MultipartWriter(s3, bucket, key, content_type="text/csv") as out:
-            out.write(header.getvalue().encode("utf-8"))
-            for raw in row_list:
-                line = raw.decode("utf-8").rstrip("\n")
-                if not line:
-                    continue
-                totals["rows"] += 1
-                if line[0] == "{":  # an error row, with its own lines
-                    row = json.loads(line)
-                    text, kind = label_block(row["label"], row["error"], [], job["ontology"])
-                    out.write(text.encode("utf-8"))
-                    totals[kind] += 1
-                    continue
-                number = int(line)
-                if not 0 <= number < labels:
-                    raise MergeError(f"row {totals['rows']} names label {number}, of {labels}; "
-                                     "run the execution again")
-                blocks.seek(offsets[number])
-                out.write(blocks.read(offsets[number + 1] - offsets[number]))
-                totals[kinds[label_kinds[number]]] += 1
+        counts = [0, 0, 0]
+        rows = 0
+        with open(blocks_path, "rb") as blocks_file, MultipartWriter(
+                s3, bucket, key, content_type="text/csv", threads=MERGE_UPLOAD_THREADS) as out:
+            view: Any = (mmap.mmap(blocks_file.fileno(), 0, access=mmap.ACCESS_READ)
+                         if offsets[-1] else b"")
+            try:
+                out.write(header.getvalue().encode("utf-8"))
+                pending: list[bytes] = []
+                size = 0
+                for lines in _row_lines(row_list):
+                    for line in lines:
+                        if not line:
+                            continue
+                        rows += 1
+                        if line[0] == 0x7B:  # "{": an error row, with its own lines
+                            row = json.loads(line)
+                            text, kind = label_block(row["label"], row["error"], [], job["ontology"])
+                            data = text.encode("utf-8")
+                            pending.append(data)
+                            size += len(data)
+                            counts[kinds.index(kind)] += 1
+                            continue
+                        number = int(line)
+                        if not 0 <= number < labels:
+                            raise MergeError(f"row {rows} names label {number}, of {labels}; "
+                                             "run the execution again")
+                        start, end = offsets[number], offsets[number + 1]
+                        pending.append(view[start:end])
+                        size += end - start
+                        counts[label_kinds[number]] += 1
+                        if size >= OUTPUT_BATCH_BYTES:
+                            out.write(b"".join(pending))
+                            pending.clear()
+                            size = 0
+                if pending:
+                    out.write(b"".join(pending))
+            finally:
+                if not isinstance(view, bytes):
+                    view.close()
+        totals["rows"] = rows
+        totals.update(zip(kinds, counts, strict=True))
     return {"output": f"s3://{bucket}/{key}", "rows": totals["rows"], "annotated": totals["annotated"],
             "errors": totals["errors"]}
 

@@ -106,9 +106,14 @@ ASSUMPTIONS: dict[str, Any] = {
     "batch_chunk_size": 500,
     "lambda_query_gb": 3.008,
     "lambda_query_cold_s": 6.0,  # image init + embedder load, once per concurrent container
-    "lambda_other_gb_s": 10.0,  # validate + split + merge + stop, GB-seconds together
+    # Split and Merge rows/s, measured by bench/workflow_scale.py over a moto S3 server on a 2-core
+    # x86_64 machine (1M rows / 100k distinct, top_k 3, load ~5): Split 154-179k, Merge 77-81k.
+    # The Lambdas' one vCPU (1,769 MB, arm64) and real S3 are not measured: these are the lower
+    # figures measured, not a measurement on AWS.
+    "split_rows_per_s": 150_000.0,
+    "merge_rows_per_s": 75_000.0,
+    "lambda_validate_s": 1.0,
     "sfn_fixed_transitions": 12,
-    "sfn_transitions_per_chunk": 3,
 }
 
 
@@ -316,9 +321,39 @@ def always_on(resources: list[dict[str, Any]], a: dict[str, Any]) -> list[dict[s
     return items
 
 
-def batch_execution(labels: int, a: dict[str, Any]) -> list[dict[str, Any]]:
-    """Line items of one batch execution annotating `labels` labels."""
+def lambda_memory_gb(root: str | Path | None = None) -> dict[str, float]:
+    """The Lambdas' memory (GB) as components/batch_workflow.py deploys them: its LAMBDA_MEMORY
+    literal, read from the source (importing the component would import Pulumi)."""
+    import ast
+
+    path = Path(root or Path(__file__).resolve().parent.parent) / "components" / "batch_workflow.py"
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        targets = getattr(node, "targets", [])
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "LAMBDA_MEMORY" for t in targets):
+            return {step: mb / 1024 for step, mb in ast.literal_eval(node.value).items()}
+    raise RuntimeError(f"no LAMBDA_MEMORY in {path}")
+
+
+def child_transitions() -> int:
+    """State transitions of one QueryChunks child execution that succeeds at the first attempt:
+    the states on its path from StartAt to the end, read from the deployed definition."""
+    from ontosearch.workflow import definition as wd
+    from ontosearch.workflow.local import local_settings
+
+    processor = wd.build_definition(local_settings())["States"]["QueryChunks"]["ItemProcessor"]
+    count, state = 0, processor["StartAt"]
+    while state is not None:
+        count += 1
+        spec = processor["States"][state]
+        state = None if spec.get("End") else spec.get("Next")
+    return count
+
+
+def batch_execution(labels: int, a: dict[str, Any], rows: int | None = None) -> list[dict[str, Any]]:
+    """Line items of one batch execution of `rows` input rows (default: `labels`) holding `labels`
+    distinct labels: Split and Merge work per row, the queries per distinct label."""
     items: list[dict[str, Any]] = []
+    rows = labels if rows is None else rows
 
     def add(item: str, quantity: float, unit: str, key: str, scale: float = 1.0) -> None:
         items.append(
@@ -332,14 +367,19 @@ def batch_execution(labels: int, a: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    memory = lambda_memory_gb()
     chunks = max(1, math.ceil(labels / a["batch_chunk_size"]))
     lanes = max(1, min(a["batch_map_concurrency"], chunks))
     chunk_s = a["batch_chunk_size"] / a["batch_rate_labels_per_s"]
     query_s = math.ceil(chunks / lanes) * chunk_s + a["lambda_query_cold_s"]
-    task_s = max(60.0, a["batch_task_start_s"] + query_s + 10.0)  # Fargate bills at least one minute
+    split_s = rows / a["split_rows_per_s"]
+    merge_s = rows / a["merge_rows_per_s"]
+    # the task starts after Split and is stopped after Merge (StopTask): it is billed meanwhile
+    # (Fargate bills at least one minute)
+    task_s = max(60.0, a["batch_task_start_s"] + query_s + merge_s + 10.0)
     add(
         f"on-demand task vCPU ({a['batch_task_vcpu']:g} vCPU x {task_s:.0f} s: start "
-        f"{a['batch_task_start_s']:.0f} s + queries {query_s:.0f} s + stop)",
+        f"{a['batch_task_start_s']:.0f} s + queries {query_s:.0f} s + merge {merge_s:.0f} s + stop)",
         a["batch_task_vcpu"] * task_s / 3600,
         "vCPU-h",
         "fargate_vcpu_hour",
@@ -350,28 +390,40 @@ def batch_execution(labels: int, a: dict[str, Any]) -> list[dict[str, Any]]:
         "GB-h",
         "fargate_gb_hour",
     )
-    gb_s = chunks * a["lambda_query_gb"] * chunk_s + lanes * a["lambda_query_gb"] * a["lambda_query_cold_s"]
+    query_gb = memory["query"]
+    gb_s = chunks * query_gb * chunk_s + lanes * query_gb * a["lambda_query_cold_s"]
     add(
         f"query Lambdas ({chunks} chunks of {a['batch_chunk_size']} at "
         f"{a['batch_rate_labels_per_s']:g} labels/s, "
-        f"{a['lambda_query_gb']:g} GB, {lanes} cold starts)",
+        f"{query_gb:g} GB, {lanes} cold starts)",
         gb_s,
         "GB-s",
         "lambda_gb_s",
     )
-    add("other Lambdas (validate, split, merge)", a["lambda_other_gb_s"], "GB-s", "lambda_gb_s")
+    add(f"split Lambda ({rows:,} rows at {a['split_rows_per_s']:,.0f} rows/s = {split_s:.0f} s x "
+        f"{memory['split']:g} GB)", split_s * memory["split"], "GB-s", "lambda_gb_s")
+    add(f"merge Lambda ({rows:,} rows at {a['merge_rows_per_s']:,.0f} rows/s = {merge_s:.0f} s x "
+        f"{memory['merge']:g} GB)", merge_s * memory["merge"], "GB-s", "lambda_gb_s")
+    add(f"validate Lambda ({a['lambda_validate_s']:g} s x {memory['validate']:g} GB)",
+        a["lambda_validate_s"] * memory["validate"], "GB-s", "lambda_gb_s")
     add(f"Lambda requests ({chunks + 4})", (chunks + 4) / 1e6, "1M requests", "lambda_request_1m")
-    transitions = a["sfn_fixed_transitions"] + a["sfn_transitions_per_chunk"] * chunks
+    # A Distributed Map bills one state transition for each child execution it starts, and a
+    # STANDARD child's own transitions as any execution's
+    # (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html, "Transitions
+    # in Distributed Map state"); retries would add theirs.
+    per_chunk = 1 + child_transitions()
+    transitions = a["sfn_fixed_transitions"] + per_chunk * chunks
     add(
-        f"Step Functions transitions ({transitions})",
+        f"Step Functions transitions ({transitions}: {a['sfn_fixed_transitions']} + {per_chunk} a chunk)",
         transitions / 1000,
         "1K transitions",
         "sfn_transition_1k",
     )
-    add(f"S3 PUTs (input, {chunks} parts, output, manifest)", (chunks + 3) / 1000, "1K requests", "s3_put_1k")
+    add(f"S3 PUTs (input, {chunks} chunks, {chunks} parts, row list, manifest, output)",
+        (2 * chunks + 4) / 1000, "1K requests", "s3_put_1k")
     add(
-        f"S3 GETs (snapshot, input reads, {chunks} parts)",
-        (2 * chunks + 3) / 1000,
+        f"S3 GETs (snapshot, input, {chunks} chunks, {chunks} parts, row list, manifest)",
+        (2 * chunks + 4) / 1000,
         "1K requests",
         "s3_get_1k",
     )
@@ -383,17 +435,19 @@ def estimate(
     labels: int = 100_000,
     assumptions: dict[str, Any] | None = None,
     resources: list[dict[str, Any]] | None = None,
+    rows: int | None = None,
 ) -> dict[str, Any]:
     a = dict(ASSUMPTIONS, **(assumptions or {}))
     resources = synth(stack) if resources is None else resources
     monthly_items = always_on(resources, a)
-    execution_items = batch_execution(labels, a)
+    execution_items = batch_execution(labels, a, rows)
     monthly = sum(i["monthly"] for i in monthly_items)
     shared = sum(i["monthly"] for i in monthly_items if i["shared"])
     per_execution = sum(i["cost"] for i in execution_items)
     return {
         "stack": stack,
         "labels": labels,
+        "rows": labels if rows is None else rows,
         "resources": len(resources),
         "resource_types": dict(Counter(r["type"] for r in resources)),
         "always_on": monthly_items,
@@ -423,7 +477,8 @@ def render(result: dict[str, Any]) -> str:
     )
     lines.append("")
     lines.append(
-        f"One batch execution of {result['labels']:,} labels (on-demand task + Lambdas + Step Functions):"
+        f"One batch execution of {result['rows']:,} rows, {result['labels']:,} distinct labels "
+        "(on-demand task + Lambdas + Step Functions):"
     )
     for item in result["execution"]:
         lines.append(
@@ -466,7 +521,10 @@ def main(argv: list[str]) -> int:
         "--stack", default="prod", help="stack name: prices Pulumi.<stack>.yaml (default prod)"
     )
     parser.add_argument(
-        "--labels", type=int, default=100_000, help="labels per batch execution (default 100,000)"
+        "--labels", type=int, default=100_000, help="distinct labels per batch execution (default 100,000)"
+    )
+    parser.add_argument(
+        "--rows", type=int, help="input rows per batch execution (default: as many as --labels)"
     )
     parser.add_argument(
         "--rate",
@@ -482,12 +540,16 @@ def main(argv: list[str]) -> int:
     if args.labels < 1:
         print("cost: --labels must be at least 1", file=sys.stderr)
         return 2
+    if args.rows is not None and args.rows < args.labels:
+        print("cost: --rows must be at least --labels (each distinct label is at least one row)",
+              file=sys.stderr)
+        return 2
     overrides = {"batch_rate_labels_per_s": args.rate} if args.rate else {}
     if args.rate is not None and args.rate <= 0:
         print("cost: --rate must be a positive number of labels per second", file=sys.stderr)
         return 2
     try:
-        result = estimate(args.stack, args.labels, overrides)
+        result = estimate(args.stack, args.labels, overrides, rows=args.rows)
     except RuntimeError as exc:
         print(f"cost: {exc}", file=sys.stderr)
         return 1

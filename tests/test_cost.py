@@ -155,3 +155,47 @@ def test_cost_command_rejects_nonpositive_labels():
         timeout=60,
     )
     assert done.returncode == 2 and "--labels" in done.stderr
+
+
+def test_a_20m_row_execution_of_2m_distinct_labels_is_priced_per_row_and_per_label():
+    """Expected figures worked by hand from the price table and the deployed Lambda memory
+    (components/batch_workflow.py: split and merge 1,769 MB, query 3,008 MB, validate 512 MB):
+    4,000 chunks of 500 labels; Split 20M rows / 150,000 rows/s = 133.33 s, Merge 20M / 75,000 =
+    266.67 s; queries ceil(4,000 / 10 lanes) x 0.5 s + 6 s cold = 206 s; the task from start to
+    StopTask after Merge: 90 + 206 + 266.67 + 10 = 572.67 s. A Distributed Map bills one
+    transition per child execution started plus the child's own (QueryChunk: one), so 12 + 2 x
+    4,000 = 8,012 transitions (concepts-transitions.html)."""
+    items = {i["item"].split(" (")[0]: i for i in cost.batch_execution(2_000_000, cost.ASSUMPTIONS,
+                                                                        rows=20_000_000)}
+    assert items["split Lambda"]["quantity"] == pytest.approx(133.333 * 1.727539, rel=1e-4)  # GB-s
+    assert items["split Lambda"]["cost"] == pytest.approx(0.0030712, rel=1e-3)
+    assert items["merge Lambda"]["quantity"] == pytest.approx(266.667 * 1.727539, rel=1e-4)
+    assert items["merge Lambda"]["cost"] == pytest.approx(0.0061424, rel=1e-3)
+    assert items["validate Lambda"]["quantity"] == pytest.approx(0.5)
+    assert items["query Lambdas"]["quantity"] == pytest.approx(4000 * 2.9375 * 0.5 + 10 * 2.9375 * 6)
+    assert items["query Lambdas"]["cost"] == pytest.approx(0.080684, rel=1e-3)
+    assert items["on-demand task vCPU"]["quantity"] == pytest.approx(572.667 / 3600, rel=1e-4)
+    assert items["on-demand task vCPU"]["cost"] == pytest.approx(0.0051508, rel=1e-3)
+    assert items["on-demand task memory"]["cost"] == pytest.approx(0.0011326, rel=1e-3)
+    assert items["Step Functions transitions"]["quantity"] == pytest.approx(8.012)
+    assert items["Step Functions transitions"]["cost"] == pytest.approx(0.2003)
+    assert items["S3 PUTs"]["cost"] == pytest.approx(0.04002)
+    assert items["S3 GETs"]["cost"] == pytest.approx(0.0032016)
+    assert sum(i["cost"] for i in items.values()) == pytest.approx(0.34051, rel=1e-3)
+
+
+def test_rows_default_to_labels_and_more_rows_cost_more_only_in_split_merge_and_the_task():
+    same = {i["price_key"] + i["item"][:12]: i["cost"]
+            for i in cost.batch_execution(10_000, cost.ASSUMPTIONS)}
+    more = {i["price_key"] + i["item"][:12]: i["cost"]
+            for i in cost.batch_execution(10_000, cost.ASSUMPTIONS, rows=5_000_000)}
+    changed = {k for k in same if more[k] != pytest.approx(same[k])}
+    assert changed == {"lambda_gb_ssplit Lambda", "lambda_gb_smerge Lambda", "fargate_vcpu_houron-demand ta",
+                       "fargate_gb_houron-demand ta"}
+
+
+def test_child_transitions_and_lambda_memory_come_from_the_definition_and_the_component():
+    assert cost.child_transitions() == 1  # QueryChunk, then the child ends
+    memory = cost.lambda_memory_gb()
+    assert memory["split"] == memory["merge"] == pytest.approx(1769 / 1024)
+    assert memory["query"] == pytest.approx(3008 / 1024)

@@ -22,8 +22,15 @@ VARIANT_TARGET = 0.98
 REAL_WORLD_SETS = (
     "realworld", "realworld2", "realworld3", "realworld4", "realworld4-new", "realworld5", "realworld5-new"
 )
+# Blind sets of labels as atlases, references and portals publish them (issue 12), each measured once on
+# the shipped matcher. Kept apart from REAL_WORLD_SETS: they are another register of label (not what
+# scientists type), so they neither define the "-new" parts of the real-world sets nor feed the pooled
+# confidence calibration; their per-class precision is a held-out check of that calibration instead.
+PUBLISHED_SETS = ("published",)
+PUBLISHED_TARGET = 0.95  # issue 12: top-1 at least 0.95 for every ontology
 ACCURACY_TARGETS = {
     **{(name, held_out): goal for held_out in REAL_WORLD_SETS for name, goal in REAL_WORLD_TARGETS.items()},
+    **{(name, held_out): PUBLISHED_TARGET for held_out in PUBLISHED_SETS for name in REAL_WORLD_TARGETS},
     **{(name, "variants"): VARIANT_TARGET for name in REAL_WORLD_TARGETS},
 }
 

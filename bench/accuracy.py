@@ -197,8 +197,8 @@ def confidence_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Confidence classes: measured top-1 precision",
         "",
-        f"Measured {report.get('measured', '')} with `python bench/accuracy.py --modes matcher/synonyms "
-        f"--confidence-markdown ...`, embedder {spec['name']}, the shipped matcher. A class's precision is "
+        f"Measured {report.get('measured', '')} with `python bench/accuracy.py --confidence-markdown ...` "
+        f"(its matcher/synonyms rows), embedder {spec['name']}, the shipped matcher. A class's precision is "
         "the share of labels whose first match has that class and is the expected term; `lower_ranks` is "
         "the share of rows after the first that are. `CLASS_PRECISION` in ontosearch/confidence.py holds "
         "the pooled numbers.",
@@ -214,6 +214,16 @@ def confidence_markdown(report: dict[str, Any]) -> str:
         counts = pooled.get(name, {"n": 0, "precision": None})
         shown = "" if counts["precision"] is None else f"{counts['precision']:.3f}"
         lines.append(f"| {', '.join(ontologies)} | {name} | {counts['n']} | {shown} |")
+    published = [s for s in PUBLISHED_SETS if any(row["set"] == s for row in report["rows"])]
+    if published:
+        # Not part of the calibration above: how the classes hold on labels as atlases and portals publish them.
+        lines += ["", f"## Pooled over the published sets ({', '.join(published)}; held out from the calibration)",
+                  "", "| ontologies | class | n | top-1 precision |", "|---|---|---:|---:|"]
+        held_out = pooled_confidence(report, published)
+        for name in names:
+            counts = held_out.get(name, {"n": 0, "precision": None})
+            shown = "" if counts["precision"] is None else f"{counts['precision']:.3f}"
+            lines.append(f"| {', '.join(ontologies)} | {name} | {counts['n']} | {shown} |")
     lines += ["", "## Per ontology and set", "", "| ontology | set | " + " | ".join(names) + " |",
               "|---|---|" + "---:|" * len(names)]
     for row in report["rows"]:

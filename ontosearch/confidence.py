@@ -10,9 +10,9 @@ for vector matches, from the margin to the next term. Measured with `python benc
     high    0.982 (n=867)  the label is the term's id, or equals its label or a curated alias
                            (after normalisation); an obsolete id's replaced_by term
     good    0.937 (n=446)  equals one of its synonyms, or is an initialism of its label/synonym
-    medium  0.910 (n=111)  vector match at least VECTOR_GAP more similar than the next term, or a
+    medium  0.920 (n=113)  vector match at least VECTOR_GAP more similar than the next term, or a
                            lexical match (every word of the label in one of the term's names)
-    low     0.637 (n=80)   vector match with a nearer runner-up; and every row after the first
+    low     0.667 (n=78)   vector match with a nearer runner-up; and every row after the first
                            (a lower-ranked term was the expected one in 1.0% of 6,016 such rows)
 
 The terms an obsolete id's ontology suggests (`consider`, no replacement) are medium at rank 1 and
@@ -34,7 +34,7 @@ _BY_TYPE = {"id": HIGH, "replaced_id": HIGH, "label": HIGH, "alias": HIGH, "syno
             "abbreviation": GOOD, "lexical": MEDIUM}
 # Measured top-1 precision of each class (above) and of rows after the first: the numeric
 # confidence an SSSOM file gives a mapping, so a consumer can weigh it.
-CLASS_PRECISION = {HIGH: 0.982, GOOD: 0.937, MEDIUM: 0.910, LOW: 0.637}
+CLASS_PRECISION = {HIGH: 0.982, GOOD: 0.937, MEDIUM: 0.920, LOW: 0.667}
 LOWER_RANK_PRECISION = 0.010
 
 

@@ -199,3 +199,22 @@ def test_split_and_merge_memory_does_not_grow_with_rows() -> None:
     assert large["merge"]["peak_rss_mb"] - small["merge"]["peak_rss_mb"] < buffers + 32
     # the whole merge stays far below the Lambda's memory
     assert large["merge"]["peak_rss_mb"] < bw.LAMBDA_MEMORY["merge"] / 3
+
+
+@pytest.mark.slow
+def test_split_and_merge_memory_for_2m_distinct_labels_fits_their_lambdas() -> None:
+    """What a distinct label costs Split (its number in the label map) and Merge (its offset and its
+    mapped block), measured between 10k and 200k distinct labels of 400k rows and scaled to 2M
+    distinct: both stay under the memory the stack gives them, with Merge's part buffers added."""
+    few = workflow_scale.main(["--rows", "400000", "--distinct", "10000", "--json"])
+    many = workflow_scale.main(["--rows", "400000", "--distinct", "200000", "--json"])
+    print("\n" + json.dumps({"few": few, "many": many}))
+    labels = many["distinct"] - few["distinct"]
+    assert labels > 150_000
+    for step in ("split", "merge"):
+        per_label_mb = (many[step]["peak_rss_mb"] - few[step]["peak_rss_mb"]) / labels
+        at_2m = few[step]["peak_rss_mb"] + per_label_mb * DISTINCT
+        if step == "merge":
+            at_2m += (steps.MERGE_UPLOAD_THREADS + 1) * s3_stream.PART_BYTES / MIB
+        print(f"{step}: {per_label_mb * MIB:.0f} bytes a distinct label, ~{at_2m:.0f} MB at 2M distinct")
+        assert at_2m < bw.LAMBDA_MEMORY[step] * 0.8, (step, at_2m)

@@ -216,9 +216,10 @@ def confidence_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {', '.join(ontologies)} | {name} | {counts['n']} | {shown} |")
     published = [s for s in PUBLISHED_SETS if any(row["set"] == s for row in report["rows"])]
     if published:
-        # Not part of the calibration above: how the classes hold on labels as atlases and portals publish them.
-        lines += ["", f"## Pooled over the published sets ({', '.join(published)}; held out from the calibration)",
-                  "", "| ontologies | class | n | top-1 precision |", "|---|---|---:|---:|"]
+        # Not part of the calibration above: how the classes hold on labels as atlases and portals
+        # publish them.
+        title = f"## Pooled over the published sets ({', '.join(published)}; held out from the calibration)"
+        lines += ["", title, "", "| ontologies | class | n | top-1 precision |", "|---|---|---:|---:|"]
         held_out = pooled_confidence(report, published)
         for name in names:
             counts = held_out.get(name, {"n": 0, "precision": None})

@@ -51,10 +51,15 @@ STEPS = ("validate", "split", "query", "merge", "save")
 LAMBDA_MEMORY = {"validate": 512, "split": 1769, "query": 3008, "merge": 1769, "save": 256}
 QUERY_TIMEOUT_SECONDS = 300
 # Lambda's maximum, 900 s (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
-# Measured here over a moto server (load 0.4-4 on 2 cores): Split 28-51k rows/s, Merge 42-44k rows/s
-# at top_k 3, so 20M rows need ~400-700 s for Split: inside 900 s but without the margin issue 13 asks
-# for; a 300 s timeout failed anything above ~8M rows.
+# Measured by bench/workflow_scale.py over a moto server (1M rows / 100k distinct, top_k 3, load ~5 on
+# 2 cores): Split 154-179k rows/s, Merge 77-81k rows/s, so 20M rows take ~130 s and ~270 s; a 300 s
+# timeout would leave Merge no margin at 20M rows.
 OTHER_TIMEOUT_SECONDS = 900
+# /tmp per function, MB: 512-10,240 (https://docs.aws.amazon.com/lambda/latest/dg/API_EphemeralStorage.html;
+# beyond 512 MB it is billed per GB-second, https://aws.amazon.com/lambda/pricing/). Merge keeps every
+# distinct label's output lines there: 2M distinct labels at top_k 3 take ~0.8 GB, and the Lambda maximum
+# holds ~1.5M distinct labels even at the largest top_k (tests/test_workflow_scale.py).
+LAMBDA_EPHEMERAL_MB = {"validate": 2048, "split": 2048, "query": 2048, "merge": 10_240, "save": 2048}
 LAMBDA_VPC_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 
 
@@ -394,7 +399,7 @@ class BatchWorkflow(pulumi.ComponentResource):
                 package_type="Image", image_uri=image, image_config={"commands": [f"lambdas.{step}.handler"]},
                 architectures=["arm64"], role=role.arn, memory_size=LAMBDA_MEMORY[step],
                 timeout=QUERY_TIMEOUT_SECONDS if step == "query" else OTHER_TIMEOUT_SECONDS,
-                ephemeral_storage={"size": 2048},
+                ephemeral_storage={"size": LAMBDA_EPHEMERAL_MB[step]},
                 vpc_config={"subnet_ids": args.private_subnet_ids, "security_group_ids": [lambda_sg.id]},
                 environment={"variables": env},
                 logging_config={"log_format": "Text", "log_group": log_group.name},

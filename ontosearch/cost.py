@@ -79,6 +79,9 @@ PRICES: dict[str, tuple[float, str, str]] = {
     "ecr_gb_month": (0.10, "per GB-month of images", "aws.amazon.com/ecr/pricing"),
     "lambda_gb_s": (0.0000133334, "per GB-second, arm64", "aws.amazon.com/lambda/pricing"),
     "lambda_request_1m": (0.20, "per 1M requests", "aws.amazon.com/lambda/pricing"),
+    "lambda_ephemeral_gb_s": (
+        0.0000000309, "per GB-second of /tmp configured above the free 512 MB", "aws.amazon.com/lambda/pricing"
+    ),
     "sfn_transition_1k": (
         0.025,
         "per 1,000 state transitions (Standard)",
@@ -321,17 +324,18 @@ def always_on(resources: list[dict[str, Any]], a: dict[str, Any]) -> list[dict[s
     return items
 
 
-def lambda_memory_gb(root: str | Path | None = None) -> dict[str, float]:
+def lambda_memory_gb(root: str | Path | None = None, name: str = "LAMBDA_MEMORY") -> dict[str, float]:
     """The Lambdas' memory (GB) as components/batch_workflow.py deploys them: its LAMBDA_MEMORY
-    literal, read from the source (importing the component would import Pulumi)."""
+    literal (or another {step: MB} literal, such as LAMBDA_EPHEMERAL_MB), read from the source
+    (importing the component would import Pulumi)."""
     import ast
 
     path = Path(root or Path(__file__).resolve().parent.parent) / "components" / "batch_workflow.py"
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         targets = getattr(node, "targets", [])
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "LAMBDA_MEMORY" for t in targets):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == name for t in targets):
             return {step: mb / 1024 for step, mb in ast.literal_eval(node.value).items()}
-    raise RuntimeError(f"no LAMBDA_MEMORY in {path}")
+    raise RuntimeError(f"no {name} in {path}")
 
 
 def child_transitions() -> int:
@@ -407,6 +411,13 @@ def batch_execution(labels: int, a: dict[str, Any], rows: int | None = None) -> 
     add(f"validate Lambda ({a['lambda_validate_s']:g} s x {memory['validate']:g} GB)",
         a["lambda_validate_s"] * memory["validate"], "GB-s", "lambda_gb_s")
     add(f"Lambda requests ({chunks + 4})", (chunks + 4) / 1e6, "1M requests", "lambda_request_1m")
+    # /tmp above the free 512 MB is billed for the time each function runs
+    extra_tmp = {step: max(0.0, gb - 0.5) for step, gb in lambda_memory_gb(name="LAMBDA_EPHEMERAL_MB").items()}
+    run_s = {"query": chunks * chunk_s + lanes * a["lambda_query_cold_s"], "split": split_s, "merge": merge_s,
+             "validate": a["lambda_validate_s"]}
+    tmp_gb_s = sum(extra_tmp.get(step, 0.0) * seconds for step, seconds in run_s.items())
+    add(f"Lambda /tmp above 512 MB ({', '.join(f'{step} {extra_tmp.get(step, 0.0):g} GB' for step in run_s)})",
+        tmp_gb_s, "GB-s", "lambda_ephemeral_gb_s")
     # A Distributed Map bills one state transition for each child execution it starts, and a
     # STANDARD child's own transitions as any execution's
     # (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html, "Transitions

@@ -181,7 +181,12 @@ def test_a_20m_row_execution_of_2m_distinct_labels_is_priced_per_row_and_per_lab
     assert items["Step Functions transitions"]["cost"] == pytest.approx(0.2003)
     assert items["S3 PUTs"]["cost"] == pytest.approx(0.04002)
     assert items["S3 GETs"]["cost"] == pytest.approx(0.0032016)
-    assert sum(i["cost"] for i in items.values()) == pytest.approx(0.34051, rel=1e-3)
+    # /tmp above 512 MB: query 1.5 GB x (4000 x 0.5 s + 10 x 6 s), split 1.5 GB x 133.3 s,
+    # merge 9.5 GB x 266.7 s, validate 1.5 GB x 1 s; $0.0000000309 a GB-second
+    tmp = items["Lambda /tmp above 512 MB"]
+    assert tmp["quantity"] == pytest.approx(1.5 * 2060 + 1.5 * 20e6 / 150e3 + 9.5 * 20e6 / 75e3 + 1.5)
+    assert tmp["cost"] == pytest.approx(5824.83 * 0.0000000309, rel=1e-4)
+    assert sum(i["cost"] for i in items.values()) == pytest.approx(0.34051 + 0.00018, rel=1e-4)
 
 
 def test_rows_default_to_labels_and_more_rows_cost_more_only_in_split_merge_and_the_task():
@@ -191,7 +196,7 @@ def test_rows_default_to_labels_and_more_rows_cost_more_only_in_split_merge_and_
             for i in cost.batch_execution(10_000, cost.ASSUMPTIONS, rows=5_000_000)}
     changed = {k for k in same if more[k] != pytest.approx(same[k])}
     assert changed == {"lambda_gb_ssplit Lambda", "lambda_gb_smerge Lambda", "fargate_vcpu_houron-demand ta",
-                       "fargate_gb_houron-demand ta"}
+                       "fargate_gb_houron-demand ta", "lambda_ephemeral_gb_sLambda /tmp "}
 
 
 def test_child_transitions_and_lambda_memory_come_from_the_definition_and_the_component():

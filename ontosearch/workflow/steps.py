@@ -641,8 +641,8 @@ def _check_room(tmp: str, incoming: int, key: str) -> None:
     free = shutil.disk_usage(tmp).free
     if incoming > free:
         raise MergeError(f"the label results do not fit the merge step's local storage ({free} bytes "
-                         f"free at {key}); use a smaller top_k or give the merge Lambda more ephemeral "
-                         "storage")
+                         f"free at {key}); use a smaller top_k, or split the file: the deployed merge "
+                         "Lambda already has Lambda's largest /tmp (10,240 MB)")
 
 
 # --- Save snapshot request -------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Annotation throughput: the embedder alone (each backend) and `annotate` end to end.
 
     .venv/bin/python bench/throughput.py [--labels 10000] [--duplicates 0.3] [--repeat 2] [--json OUT]
+    .venv/bin/python bench/throughput.py --label-set embedding   # labels that need embedding (below)
 
 Input: the benchmark's labels (cell-type names written as people write them, 30% of rows repeated;
-`ontosearch.bench.annotation.make_labels`). Printed, per line, labels per second:
+`ontosearch.bench.annotation.make_labels`), or with `--label-set embedding` labels that nearly all need
+the embedder (`make_embedding_labels`: 70% distinct, 2% exact hits). Printed, per line, labels per second:
 
 - embedder alone: plain sentence-transformers on every row (what a naive script does), then our
   torch and ONNX backends (deduplication, equal-length batches); the same 10,000 rows each time, the
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=10_000)
     parser.add_argument("--duplicates", type=float, default=0.30)
+    parser.add_argument("--label-set", choices=("default", "embedding"), default="default",
+                        help="default: labels as people write them (mostly exact hits); embedding: "
+                             "reworded names that need the embedder, 70%% distinct, 2%% exact hits")
     parser.add_argument("--ontology", default="cl")
     parser.add_argument("--store", type=Path, default=None,
                         help="local store for the annotate run (default: under the ontosearch cache)")
@@ -226,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.pop(ENV_BACKEND, None)
 
-    labels = make_labels(args.labels, args.duplicates, args.ontology)
+    if args.label_set == "embedding":
+        labels = make_embedding_labels(args.labels, distinct=int(args.labels * 0.7), ontology=args.ontology)
+    else:
+        labels = make_labels(args.labels, args.duplicates, args.ontology)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     print(f"{len(labels)} labels, {len(set(labels))} distinct; {cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)

@@ -80,7 +80,8 @@ PRICES: dict[str, tuple[float, str, str]] = {
     "lambda_gb_s": (0.0000133334, "per GB-second, arm64", "aws.amazon.com/lambda/pricing"),
     "lambda_request_1m": (0.20, "per 1M requests", "aws.amazon.com/lambda/pricing"),
     "lambda_ephemeral_gb_s": (
-        0.0000000309, "per GB-second of /tmp configured above the free 512 MB", "aws.amazon.com/lambda/pricing"
+        0.0000000309, "per GB-second of /tmp configured above the free 512 MB",
+        "aws.amazon.com/lambda/pricing",
     ),
     "sfn_transition_1k": (
         0.025,
@@ -412,12 +413,13 @@ def batch_execution(labels: int, a: dict[str, Any], rows: int | None = None) -> 
         a["lambda_validate_s"] * memory["validate"], "GB-s", "lambda_gb_s")
     add(f"Lambda requests ({chunks + 4})", (chunks + 4) / 1e6, "1M requests", "lambda_request_1m")
     # /tmp above the free 512 MB is billed for the time each function runs
-    extra_tmp = {step: max(0.0, gb - 0.5) for step, gb in lambda_memory_gb(name="LAMBDA_EPHEMERAL_MB").items()}
+    tmp_gb = lambda_memory_gb(name="LAMBDA_EPHEMERAL_MB")
+    extra_tmp = {step: max(0.0, gb - 0.5) for step, gb in tmp_gb.items()}
     run_s = {"query": chunks * chunk_s + lanes * a["lambda_query_cold_s"], "split": split_s, "merge": merge_s,
              "validate": a["lambda_validate_s"]}
     tmp_gb_s = sum(extra_tmp.get(step, 0.0) * seconds for step, seconds in run_s.items())
-    add(f"Lambda /tmp above 512 MB ({', '.join(f'{step} {extra_tmp.get(step, 0.0):g} GB' for step in run_s)})",
-        tmp_gb_s, "GB-s", "lambda_ephemeral_gb_s")
+    extra = ", ".join(f"{step} {extra_tmp.get(step, 0.0):g} GB" for step in run_s)
+    add(f"Lambda /tmp above 512 MB ({extra})", tmp_gb_s, "GB-s", "lambda_ephemeral_gb_s")
     # A Distributed Map bills one state transition for each child execution it starts, and a
     # STANDARD child's own transitions as any execution's
     # (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html, "Transitions

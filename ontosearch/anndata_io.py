@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ontosearch.confidence import at_least
-from ontosearch.label_io import MAX_LABEL_CHARS, STATUS_OK, check_label, result_lines
+from ontosearch.label_io import MAX_LABEL_CHARS, STATUS_OK, check_label, publish_file, result_lines
 from ontosearch.ontologies import resolve_ontology
 
 # CELLxGENE schema obs column for the term ids of each ontology.
@@ -272,7 +272,7 @@ def write_annotated_copy(
                 obs[name] = values
             del handle["obs"]
             write_elem(handle, "obs", obs)
-        os.replace(tmp, target)
+        publish_file(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

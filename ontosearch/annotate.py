@@ -37,6 +37,7 @@ from ontosearch.label_io import (
     LabelFileError,
     ResultWriter,
     detect_format,
+    publish_file,
     read_labels,
 )
 
@@ -351,7 +352,7 @@ def _output(path: str, binary: bool = False) -> Iterator[IO[Any]]:
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="")) as handle:
             yield handle
-        os.replace(tmp, target)
+        publish_file(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

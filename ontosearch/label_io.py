@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -64,6 +65,23 @@ def detect_format(path: str | Path) -> str:
             f"use one of {', '.join(sorted(FILE_SUFFIXES))} or pass the format ({', '.join(FORMATS)})"
         )
     return fmt
+
+
+def publish_file(tmp: str | Path, target: str | Path) -> None:
+    """Rename a finished temporary file over `target` with the mode a new file would get.
+
+    Temporary files are made owner-only (`tempfile.mkstemp`); an output should be readable like any
+    file the user creates: it keeps the mode of the file it replaces, or else gets 0666 minus the
+    process's umask (what `open(path, "w")` would give).
+    """
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
 
 
 def _echo(text: str) -> str:

@@ -130,6 +130,31 @@ def test_h5ad_round_trip_one_row_set_per_distinct_label_and_every_cell_annotated
     assert isinstance(annotated.obs[id_column].dtype, pd.CategoricalDtype)
 
 
+def test_outputs_get_the_mode_of_a_new_file_or_of_the_file_they_replace(
+        local: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The result and the annotated copy are made as owner-only temporary files and renamed into
+    place: they must still be readable like any file the user writes (shared lab directories)."""
+    source = tmp_path / "data.h5ad"
+    make_adata(2).write_h5ad(source)
+    out, copy = tmp_path / "labels.csv", tmp_path / "annotated.h5ad"
+    args = ["--input", str(source), "--column", "cell_type", "--ontology", "cl", "--output", str(out),
+            "--h5ad-out", str(copy), "--quiet"]
+    previous = os.umask(0o022)
+    try:
+        assert run(args, capsys)[0] == 0
+        assert (out.stat().st_mode & 0o777, copy.stat().st_mode & 0o777) == (0o644, 0o644)
+        os.chmod(out, 0o640)
+        os.chmod(copy, 0o600)
+        assert run(args, capsys)[0] == 0
+        assert (out.stat().st_mode & 0o777, copy.stat().st_mode & 0o777) == (0o640, 0o600)
+        os.umask(0o077)
+        out.unlink()
+        assert run(args, capsys)[0] == 0
+        assert out.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(previous)
+
+
 def test_min_confidence_leaves_weak_labels_unknown_per_cell(local: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "data.h5ad"

@@ -46,6 +46,7 @@ DEFAULT_BATCH_SIZE = 1024
 # Texts per embedder call while indexing (several `collection.add` batches).
 EMBED_CHUNK = 2048
 
+SYNC_THRESHOLD = 2
 # HNSW settings shipped with every collection. Chroma 1.x defaults are ef_search=100, M=16; a
 # larger search ef costs little at this scale and keeps recall@10 against exact search high.
 HNSW_METADATA: dict[str, Any] = {
@@ -53,6 +54,15 @@ HNSW_METADATA: dict[str, Any] = {
     "hnsw:construction_ef": 200,
     "hnsw:search_ef": 200,
     "hnsw:M": 16,
+    # Chroma writes the HNSW index to disk only after an add call that brings `sync_threshold`
+    # records (default 1000) since the last write; the rest stay in its SQLite log and are inserted
+    # again by every process that opens the directory (chroma-core/chroma#7463, #6975: no call forces
+    # the write). That re-insertion differs from process to process: on the 5,846-record CL collection
+    # built with the default, 726 records were left to it, and the same query vector found a record of
+    # the nearest 30 in one process of four and missed it in the other three. Two (Chroma's
+    # smallest) writes the index after every add call, so a built collection is read as built,
+    # the same in every process and task (`index_ontology` makes its last call at least two records).
+    "hnsw:sync_threshold": SYNC_THRESHOLD,
 }
 
 _NAME_OK = re.compile(r"[^a-z0-9_]+")
@@ -247,6 +257,9 @@ def index_ontology(
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), desc=f"indexing {name}", unit="rec")
+    # The last records added, with their vectors: see the end of the loop.
+    tail: list[tuple[tuple[str, str, dict[str, Any], str], Any]] = []
+    last_call = 0
     try:
         for start, vectors in _embedded_chunks(embedder, prepared):
             for offset in range(0, len(vectors), step):
@@ -258,8 +271,19 @@ def index_ontology(
                     metadatas=[meta for _, _, meta, _ in chunk],
                     documents=[document for _, _, _, document in chunk],
                 )
+                last_call = len(chunk)
+                tail = (tail + list(zip(chunk, vectors[offset:end], strict=True)))[-SYNC_THRESHOLD:]
                 if bar is not None:
                     bar.update(len(chunk))
+        if 0 < last_call < SYNC_THRESHOLD <= len(tail):
+            # A last call smaller than the sync threshold leaves the index unwritten since the call
+            # before; writing the last records again, unchanged, crosses it (HNSW_METADATA).
+            collection.upsert(
+                ids=[record[0] for record, _ in tail],
+                embeddings=[vector for _, vector in tail],
+                metadatas=[record[2] for record, _ in tail],
+                documents=[record[3] for record, _ in tail],
+            )
     finally:
         if bar is not None:
             bar.close()

@@ -80,3 +80,31 @@ def test_pool_prepares_every_chunk_ahead_and_indexing_collects_them(small_cl, tm
         info = indexing.index_ontology(client, small_cl, pool, progress=False, prepared=prepared)
         assert not pool._done  # every submitted chunk was collected
     assert info["records"] == len(prepared.records) == indexing.count_records(small_cl)
+
+
+def _unwritten_records(path) -> int:
+    """Records a process opening `path` must insert into the HNSW index again: those in Chroma's
+    log after the vector segment's last write (its max_seq_id row)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}/chroma.sqlite3?mode=ro", uri=True) as db:
+        newest = db.execute("SELECT MAX(seq_id) FROM embeddings_queue").fetchone()[0]
+        vector = db.execute(
+            "SELECT m.seq_id FROM max_seq_id m JOIN segments s ON s.id = m.segment_id "
+            "WHERE s.scope = 'VECTOR'").fetchone()
+    return newest - (vector[0] if vector else 0)
+
+
+@pytest.mark.parametrize("remainder", [1, 2, 7])
+def test_a_built_collection_leaves_nothing_for_a_reader_to_reinsert(small_cl, tmp_path, remainder):
+    """The HNSW index is on disk as built, whatever the size of the last add call (a last call of one
+    record, below Chroma's smallest sync threshold, included), so every process reads the same graph."""
+    import chromadb
+
+    count = len(list(indexing._records(small_cl, True)))
+    batch = next(b for b in range(11, count) if count % b == remainder)
+    path = tmp_path / f"db{remainder}"
+    client = chromadb.PersistentClient(path=str(path))
+    info = indexing.index_ontology(client, small_cl, get_embedder(), progress=False, batch_size=batch)
+    assert info["records"] == count == client.get_collection(info["name"]).count()
+    assert _unwritten_records(path) == 0

@@ -95,26 +95,25 @@ def _printable(text: str) -> str:
     return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
 
 
+# Any surrogate code point: lone UTF-16 surrogates and the surrogateescape bytes U+DC80..U+DCFF
+# alike. Compiled searches, not per-character loops: Split checks every input row.
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _ANY_SURROGATE.search(text) is not None
 
 
 def _has_escapes(text: str) -> bool:
     """Bytes that were not UTF-8, kept by the surrogateescape handler as U+DC80..U+DCFF."""
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-# Any surrogate code point: lone UTF-16 surrogates and the surrogateescape bytes U+DC80..U+DCFF
-# alike. One compiled search lets an ordinary label skip both checks (Split calls check_label on
-# every input row).
-_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+    return _ESCAPED_BYTE.search(text) is not None
 
 
 def check_label(text: str, max_chars: int = MAX_LABEL_CHARS) -> tuple[str, str | None]:
     """(label to use or show, reason it cannot be annotated or None)."""
     label = text.strip()
-    if _ANY_SURROGATE.search(label) is not None:
+    if _has_surrogates(label):
         escaped = _ESCAPED_BYTE.search(label)
         if escaped is not None:
             position = escaped.start()

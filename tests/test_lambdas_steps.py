@@ -6,9 +6,8 @@ import csv
 import io
 import json
 
-import boto3
+import moto_s3
 import pytest
-from moto import mock_aws
 
 from lambdas import merge as merge_lambda
 from lambdas import split as split_lambda
@@ -22,14 +21,7 @@ BUCKET = "ontosearch-test"
 
 @pytest.fixture
 def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    yield from moto_s3.bucket(monkeypatch, BUCKET)
 
 
 def job(key: str, fmt: str, column: str | None = None, chunk_size: int = 2) -> dict:

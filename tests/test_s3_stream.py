@@ -6,9 +6,8 @@ of at least 5 MiB except the last, at most 10,000 parts; moto enforces the minim
 
 from __future__ import annotations
 
-import boto3
+import moto_s3
 import pytest
-from moto import mock_aws
 
 from ontosearch.workflow.s3_stream import MIN_PART_BYTES, MultipartWriter, open_object
 
@@ -17,14 +16,7 @@ BUCKET = "ontosearch-stream"
 
 @pytest.fixture
 def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    yield from moto_s3.bucket(monkeypatch, BUCKET)
 
 
 def test_a_large_output_goes_up_in_parts_and_reads_back_whole(s3) -> None:

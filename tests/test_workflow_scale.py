@@ -29,10 +29,9 @@ import json
 import math
 from pathlib import Path
 
-import boto3
+import moto_s3
 import pytest
 from boto3.s3.transfer import TransferConfig
-from moto import mock_aws
 from pulumi_harness import synth_with
 
 from components import batch_workflow as bw
@@ -72,14 +71,7 @@ def row_bytes(top_k: int, label: str = LABEL) -> int:
 
 @pytest.fixture
 def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+    yield from moto_s3.bucket(monkeypatch, BUCKET)
 
 
 def split_job(s3, rows: int, distinct: int, tmp_path: Path) -> dict:

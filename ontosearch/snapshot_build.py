@@ -3,10 +3,11 @@
 Why the indexing runs in a child process: an embedded client has no reliable close (reopen-after-
 restart bugs #7090, #7463); a child that exits has released everything, and since collections are
 built with the smallest `hnsw:sync_threshold` (`ontosearch.indexing.HNSW_METADATA`) their HNSW index
-is on disk as built, so the directory archived is exactly what a new server will read. Why the archive is verified with a separate `chroma run`: that is how the
-task opens it; the archive is unpacked by the very restore code the task runs (checksum, members,
-catalogue), served by a fresh server, and every collection is counted and queried before the manifest
-is written. No manifest, no snapshot: a failed build leaves nothing that looks usable.
+is on disk as built, so the directory archived is exactly what a new server will read. Why the
+archive is verified with a separate `chroma run`: that is how the task opens it; the archive is
+unpacked by the very restore code the task runs (checksum, members, catalogue), served by a fresh
+server, and every collection is counted and queried before the manifest is written. No manifest,
+no snapshot: a failed build leaves nothing that looks usable.
 """
 
 from __future__ import annotations

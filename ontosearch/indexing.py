@@ -272,7 +272,8 @@ def index_ontology(
                     documents=[document for _, _, _, document in chunk],
                 )
                 last_call = len(chunk)
-                tail = (tail + list(zip(chunk, vectors[offset:end], strict=True)))[-SYNC_THRESHOLD:]
+                last = slice(-SYNC_THRESHOLD, None)
+                tail = (tail + list(zip(chunk[last], vectors[offset:end][last], strict=True)))[last]
                 if bar is not None:
                     bar.update(len(chunk))
         if 0 < last_call < SYNC_THRESHOLD <= len(tail):

@@ -532,7 +532,6 @@ def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = N
                          f"({chunk_manifest_key(execution)})")
     kinds = ("annotated", "errors", "no_match")
     missing: list[str] = []
-    totals = dict.fromkeys(("rows", *kinds), 0)
 
     def fetch(chunk: dict[str, Any]) -> tuple[dict[str, Any], str, Any, bytes | None]:
         key = part_key(execution, int(chunk["index"]))
@@ -630,10 +629,8 @@ def merge(job: dict[str, Any], execution: str, s3: Any, manifest: str | None = N
             finally:
                 if not isinstance(view, bytes):
                     view.close()
-        totals["rows"] = rows
-        totals.update(zip(kinds, counts, strict=True))
-    return {"output": f"s3://{bucket}/{key}", "rows": totals["rows"], "annotated": totals["annotated"],
-            "errors": totals["errors"]}
+    return {"output": f"s3://{bucket}/{key}", "rows": rows, "annotated": counts[kinds.index("annotated")],
+            "errors": counts[kinds.index("errors")]}
 
 
 def _check_room(tmp: str, incoming: int, key: str) -> None:

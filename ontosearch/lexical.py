@@ -143,28 +143,40 @@ class LexicalIndex:
         """`fit` for several terms, the text tokenised once."""
         words = frozenset(lexical_tokens(text))
         widened = [self._equivalent(word) | {word} for word in words]
-        union = frozenset().union(*widened)
-        return {term_id: self._fit(widened, union, term_id) for term_id in term_ids}
+        # each word a label word or its equivalent -> the label words it stands for, as bits
+        covers: dict[str, int] = {}
+        for bit, group in enumerate(widened):
+            for word in group:
+                covers[word] = covers.get(word, 0) | 1 << bit
+        return {term_id: self._fit(widened, covers, term_id) for term_id in term_ids}
 
-    def _fit(self, widened: list[frozenset[str]], union: frozenset[str], term_id: str) -> Fit:
+    def _fit(self, widened: list[frozenset[str]], covers: dict[str, int], term_id: str) -> Fit:
         """Each label word with its equivalents (`widened`) against the term's names; equivalence
-        is symmetric, so a name's word is explained when it is in `union`. One label word that the
+        is symmetric, so a name's word is explained when `covers` has it. One label word that the
         name lacks still counts as held when it names one of the term's classes: "femoral bone" is
         the femur, whose ancestors are bones."""
         best = Fit(0.0, 0.0)
         if not widened:
             return best
+        every = (1 << len(widened)) - 1
         classes = self._class_words_of(term_id)
         for record in self._records_of.get(term_id, ()):
             name = self._token_sets[record]
             if not name:
                 continue
-            missing = [word for word in widened if word.isdisjoint(name)]
+            held = explained = 0
+            for word in name:
+                bits = covers.get(word)
+                if bits is not None:
+                    held |= bits
+                    explained += 1
+            missing = every & ~held
             # at most one word from the classes: the class noun ("bone"), never the name itself
             # ("SMA (spinal muscular atrophy)" is not a subtype whose parent is spinal muscular atrophy)
-            from_classes = len(missing) == 1 and not missing[0].isdisjoint(classes)
-            covered = len(widened) - len(missing) + from_classes
-            candidate = Fit(covered / len(widened), len(name & union) / len(name))
+            lacked = missing.bit_count()
+            from_classes = lacked == 1 and not widened[missing.bit_length() - 1].isdisjoint(classes)
+            covered = len(widened) - lacked + from_classes
+            candidate = Fit(covered / len(widened), explained / len(name))
             if (candidate.recall, candidate.precision) > (best.recall, best.precision):
                 best = candidate
         return best
@@ -189,24 +201,33 @@ class LexicalIndex:
 
     def search(self, texts: Sequence[str], k: int) -> list[list[LexicalHit]]:
         """Per text, up to `k` terms by their best name's BM25 score, best first (ties by record
-        id). The text's words are asked for together with their equivalents (`equivalences`)."""
-        queries = [self._expanded(lexical_tokens(text)) for text in texts]
+        id). The text's words are asked for together with their equivalents (`equivalences`).
+
+        Scores come from bm25s; the best records are chosen here among those that hold a word of
+        the text (a label's words are in a few hundred of MONDO's 81,000 names, and bm25s' own
+        top-k partitions every record's score, most of them zero). Every record that ties the
+        last one kept stays, so which of equal names stand for a term never depends on the
+        selection algorithm: records are in record-id order, and the first of a term's best wins.
+        """
         out: list[list[LexicalHit]] = [[] for _ in texts]
-        known = [i for i, words in enumerate(queries) if self._bm25.get_tokens_ids(words)]
-        if not known or not self.record_ids:
+        if not self.record_ids:
             return out
         n_records = min(len(self.record_ids), k * _RECORDS_PER_TERM)
-        docs, scores = self._bm25.retrieve(
-            [queries[i] for i in known], k=n_records, show_progress=False, n_threads=0,
-        )
-        for row, index in enumerate(known):
+        for index, text in enumerate(texts):
+            token_ids = self._bm25.get_tokens_ids(self._expanded(lexical_tokens(text)))
+            if not token_ids:
+                continue
+            scores = self._bm25.get_scores_from_ids(token_ids)
+            docs = np.flatnonzero(scores > 0)
+            if len(docs) > n_records:
+                cut = np.partition(scores[docs], len(docs) - n_records)[len(docs) - n_records]
+                docs = docs[scores[docs] >= cut]
             best: dict[str, LexicalHit] = {}
-            found = zip(np.asarray(docs[row]).tolist(), np.asarray(scores[row]).tolist(), strict=True)
-            for doc, score in found:
+            for doc, score in zip(docs.tolist(), scores[docs].tolist(), strict=True):
                 term_id = self.term_ids[doc]
                 held = best.get(term_id)
-                if score > 0 and (held is None or score > held.score):
-                    best[term_id] = LexicalHit(term_id, self.record_ids[doc], float(score))
+                if held is None or score > held.score:
+                    best[term_id] = LexicalHit(term_id, self.record_ids[doc], score)
             out[index] = sorted(best.values(), key=lambda hit: (-hit.score, hit.record_id))[:k]
         return out
 

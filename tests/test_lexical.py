@@ -55,6 +55,21 @@ def test_each_term_comes_back_once_at_its_best_name() -> None:
     assert hits[0].record_id in {"T:2", "T:2#s0"}
 
 
+def test_records_tying_at_the_cut_all_stay_and_the_first_record_id_stands_for_its_term() -> None:
+    # 12 equal names over 12 terms, and k=2 keeps 2 * 4 records: which of the tied names pass the cut
+    # must not depend on how the scores were partitioned, so every tie stays and the terms come
+    # back by record id; a term with two equal names is represented by its first record id.
+    names = {f"T:{n:02d}": ["gland"] for n in range(12, 0, -1)}
+    names["T:00"] = ["gland", "gland"]
+    index = index_of(names)
+    [hits] = index.search(["gland"], k=2)
+    assert [hit.term_id for hit in hits] == ["T:00", "T:01"]
+    assert hits[0].record_id == "T:00"
+    [wide] = index.search(["gland"], k=20)
+    assert [hit.term_id for hit in wide] == sorted(names)
+    assert len({hit.score for hit in wide}) == 1
+
+
 def test_a_label_with_no_known_word_finds_nothing() -> None:
     index = index_of(NAMES)
     assert index.search(["zebra", "", "of the"], k=5) == [[], [], []]

@@ -2,17 +2,18 @@
 
     .venv/bin/python bench/throughput.py [--labels 10000] [--duplicates 0.3] [--repeat 2] [--json OUT]
     .venv/bin/python bench/throughput.py --label-set embedding   # labels that need embedding (below)
+    .venv/bin/python bench/throughput.py --label-set embedding --embedder all-MiniLM-L6-v2-int8
 
 Input: the benchmark's labels (cell-type names written as people write them, 30% of rows repeated;
 `ontosearch.bench.annotation.make_labels`), or with `--label-set embedding` labels that nearly all need
 the embedder (`make_embedding_labels`: 70% distinct, 2% exact hits). Printed, per line, labels per second:
 
 - embedder alone: plain sentence-transformers on every row (what a naive script does), then our
-  torch and ONNX backends (deduplication, equal-length batches); the same 10,000 rows each time, the
-  vector cache cleared between repeats, best of `--repeat`;
+  torch and ONNX backends (deduplication, equal-length batches) and the int8 embedder; the same
+  10,000 rows each time, the vector cache cleared between repeats, best of `--repeat`;
 - annotate end to end: `python -m ontosearch annotate` in a fresh process on a local store that
-  already holds the ontology (the first-use build is done beforehand and not counted), its own
-  reported rate plus the process's wall time including start-up.
+  already holds the ontology (the first-use build is done beforehand and not counted, with
+  `--embedder` if given), its own reported rate plus the process's wall time including start-up.
 
 Each line also gives the rate per CPU-second of the process times the core count: on a shared
 machine wall-clock rates drop when other work runs, while that figure estimates the rate with the
@@ -37,12 +38,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ontosearch.bench.annotation import make_labels, write_labels  # noqa: E402
-from ontosearch.constants import DEFAULT_EMBEDDER  # noqa: E402
+from ontosearch.constants import DEFAULT_EMBEDDER, INT8_EMBEDDER  # noqa: E402
 from ontosearch.embedders import (  # noqa: E402
     ENV_BACKEND,
     TorchEmbedder,
     cache_dir,
     cpu_count,
+    get_embedder,
     minilm_dir,
     onnx_embedder,
 )
@@ -159,6 +161,7 @@ def bench_embedders(labels: list[str], repeat: int, plain_too: bool = True) -> l
         ("embedder: ontosearch torch backend", TorchEmbedder(DEFAULT_EMBEDDER, model_dir, "mean", 256)),
         ("embedder: ontosearch ONNX backend (default)",
          onnx_embedder(DEFAULT_EMBEDDER, model_dir, "mean", 256)),
+        (f"embedder: {INT8_EMBEDDER} (ONNX, int8 weights)", get_embedder(INT8_EMBEDDER)),
     ]
     unique = len(set(labels))
     for what, embedder in backends:
@@ -172,12 +175,13 @@ def bench_embedders(labels: list[str], repeat: int, plain_too: bool = True) -> l
     return results
 
 
-def _annotate(input_path: Path, output: Path, ontology: str, env: dict[str, str]) -> tuple[str, float, float]:
+def _annotate(input_path: Path, output: Path, ontology: str, env: dict[str, str],
+              embedder: str | None = None) -> tuple[str, float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "ontosearch", "annotate", "--input", str(input_path), "--ontology", ontology,
-         "--top-k", "3", "--output", str(output), "--quiet"],
+         "--top-k", "3", "--output", str(output), "--quiet", *(["--embedder", embedder] if embedder else [])],
         cwd=REPO, env=env, capture_output=True, text=True, check=False,
     )
     wall = time.perf_counter() - started
@@ -188,14 +192,16 @@ def _annotate(input_path: Path, output: Path, ontology: str, env: dict[str, str]
     return proc.stdout, wall, cpu
 
 
-def bench_annotate(labels: list[str], ontology: str, store: Path, repeat: int) -> list[dict[str, Any]]:
+def bench_annotate(labels: list[str], ontology: str, store: Path, repeat: int,
+                   embedder: str | None = None) -> list[dict[str, Any]]:
     env = {**os.environ, "CHROMA_PATH": str(store)}
     env.pop("CHROMA_URL", None)
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         work = Path(tmp)
         warm = write_labels(work / "warm.txt", ["hepatocyte"])
-        print(f"(preparing the local {ontology} store at {store}; built once on first use)", flush=True)
-        _annotate(warm, work / "warm.csv", ontology, env)
+        print(f"(preparing the local {ontology} store at {store}; built once on first use"
+              f"{f' with {embedder}' if embedder else ''})", flush=True)
+        _annotate(warm, work / "warm.csv", ontology, env, embedder)
         path = write_labels(work / "labels.txt", labels)
         runs = []
         for _ in range(repeat):
@@ -207,10 +213,11 @@ def bench_annotate(labels: list[str], ontology: str, store: Path, repeat: int) -
         rows = sum(1 for _ in open(work / "out.csv", encoding="utf-8")) - 1
     matching, setup, wall, cpu = min(runs, key=lambda r: r[0])
     n = len(labels)
+    which = f", {embedder}" if embedder else ""
     return [
-        _line("annotate end to end (its own rate, after set-up)", n, matching, None,
+        _line(f"annotate end to end (its own rate, after set-up{which})", n, matching, None,
               f"   [set-up {setup:.1f} s, {rows} output rows]"),
-        _line("annotate end to end (whole process incl. start-up)", n, wall, cpu),
+        _line(f"annotate end to end (whole process incl. start-up{which})", n, wall, cpu),
     ]
 
 
@@ -224,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ontology", default="cl")
     parser.add_argument("--store", type=Path, default=None,
                         help="local store for the annotate run (default: under the ontosearch cache)")
+    parser.add_argument("--embedder", default=None,
+                        help=f"embedder the annotate store is built with (e.g. {INT8_EMBEDDER}; default: "
+                             "the project default); a store of its own under the cache unless --store")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip", default="",
                         help="comma list: plain (sentence-transformers), embedders, annotate")
@@ -242,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     if "embedders" not in skip:
         results += bench_embedders(labels, args.repeat, plain_too="plain" not in skip)
     if "annotate" not in skip:
-        store = args.store or cache_dir() / "bench-throughput-store"
-        results += bench_annotate(labels, args.ontology, store, args.repeat)
+        suffix = f"-{args.embedder}" if args.embedder and args.embedder != DEFAULT_EMBEDDER else ""
+        store = args.store or cache_dir() / f"bench-throughput-store{suffix}"
+        results += bench_annotate(labels, args.ontology, store, args.repeat, args.embedder)
     print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"results": results, "cores": cpu_count(),

@@ -81,6 +81,9 @@ ONTOLOGY_ALIASES = {
 }
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+# The same model with its weights quantized to int8 (`embedders.int8_embedder`): its own name, since
+# its vectors differ from the float32 model's, so a collection never mixes the two.
+INT8_EMBEDDER = "all-MiniLM-L6-v2-int8"
 SAPBERT_MODEL = "cambridgeltl/SapBERT-from-PubMedBERT-fulltext"
 
 # Batch workflow (issue 4): container names of the on-demand task that the state machine overrides,

@@ -47,6 +47,7 @@ print(json.dumps({"type": type(embedder).__name__, "name": embedder.name, "vecto
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bundles")
     embedder_bundle.export_bundle(None, root)
+    embedder_bundle.export_bundle(constants.INT8_EMBEDDER, root)
     return root
 
 
@@ -100,6 +101,33 @@ def test_bundle_holds_what_it_needs_and_checks_against_its_torch_vectors(bundles
     assert embedder_bundle.check_bundle(path) <= embedders.ONNX_MAX_COSINE_GAP
 
 
+def test_the_int8_bundle_is_quantized_checks_against_its_own_vectors_and_embeds_without_torch(
+    bundles: Path, tmp_path: Path, torch_vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = embedder_bundle.find_bundle(constants.INT8_EMBEDDER, bundles)
+    assert path is not None
+    assert sorted(p.name for p in path.iterdir()) == ["bundle.json", "model.onnx", "tokenizer.json"]
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["name"] == constants.INT8_EMBEDDER and meta["quantization"] == embedders.INT8_QUANTIZATION
+    assert meta["max_cosine_gap"] <= embedders.ONNX_MAX_COSINE_GAP  # the float32 export it came from
+    assert embedders.ONNX_MAX_COSINE_GAP < meta["cosine_gap_to_torch"] < 0.05
+    assert embedder_bundle.check_bundle(path) <= embedders.ONNX_MAX_COSINE_GAP
+
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, ",".join(BLOCKED), constants.INT8_EMBEDDER, json.dumps(TEXTS)],
+        capture_output=True, text=True, env=_child_env(bundles), cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["type"] == "OnnxEmbedder" and out["name"] == constants.INT8_EMBEDDER and out["loaded"] == []
+    vectors = np.asarray(out["vectors"], dtype=np.float32)
+    # the same vectors as the int8 embedder a machine with torch quantizes into its own cache
+    monkeypatch.setenv(embedders.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.delenv(embedders.ENV_EMBEDDER_BUNDLES, raising=False)
+    local = embedders._load(constants.INT8_EMBEDDER, "auto").embed(TEXTS)
+    np.testing.assert_allclose(vectors, local, atol=1e-5)
+    assert np.sum(vectors * torch_vectors, axis=1).min() > 0.95
+
+
 def test_a_bundle_that_disagrees_with_torch_fails_its_check(bundles: Path, tmp_path: Path) -> None:
     source = embedder_bundle.find_bundle(constants.DEFAULT_EMBEDDER, bundles)
     copy = tmp_path / source.name
@@ -109,7 +137,7 @@ def test_a_bundle_that_disagrees_with_torch_fails_its_check(bundles: Path, tmp_p
     meta = json.loads((source / "bundle.json").read_text())
     meta["reference"] = [list(reversed(row)) for row in meta["reference"]]  # other vectors
     (copy / "bundle.json").write_text(json.dumps(meta))
-    with pytest.raises(embedder_bundle.BundleError, match="differs from torch"):
+    with pytest.raises(embedder_bundle.BundleError, match="differs from its reference vectors"):
         embedder_bundle.check_bundle(copy)
     (copy / "model.onnx").unlink()
     with pytest.raises(embedder_bundle.BundleError, match="lacks model.onnx"):

@@ -121,6 +121,35 @@ def test_onnx_backend_gives_the_same_vectors_and_is_exported_once(
     assert exports[0].stat().st_mtime_ns == stamp
 
 
+def test_the_int8_embedder_has_its_own_name_stays_close_to_float32_and_is_quantized_once(
+    isolated: pytest.MonkeyPatch, onnx_cache: Path, reference: np.ndarray
+) -> None:
+    int8 = get_embedder(constants.INT8_EMBEDDER)
+    assert isinstance(int8, embedders.OnnxEmbedder)
+    assert int8.spec() == {"name": constants.INT8_EMBEDDER, "dimensions": 384, "pooling": "mean",
+                           "normalize": True}
+    vectors = int8.embed(LABELS)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosine = np.sum(vectors * reference, axis=1)
+    # near the float32 model's vectors, but not the same ones: hence a name of its own
+    assert cosine.min() > 0.95 and np.median(cosine) < 1 - embedders.ONNX_MAX_COSINE_GAP
+
+    quantized = sorted((onnx_cache / "onnx").glob(f"{constants.INT8_EMBEDDER}-*.onnx"))
+    assert len(quantized) == 1
+    [source] = [p for p in (onnx_cache / "onnx").glob("*.onnx") if p not in quantized]
+    assert quantized[0].stat().st_size < source.stat().st_size / 3  # int8 weights
+    stamp = quantized[0].stat().st_mtime_ns
+    isolated.setattr(embedders, "_LOADED", {})  # a new process: reuses the quantized file
+    again = get_embedder(constants.INT8_EMBEDDER)
+    assert again.onnx_path == quantized[0] and quantized[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.embed(LABELS), vectors)
+
+    isolated.setattr(embedders, "_LOADED", {})
+    isolated.setenv(embedders.ENV_BACKEND, "torch")
+    with pytest.raises(EmbedderError, match="onnxruntime only"):
+        get_embedder(constants.INT8_EMBEDDER)
+
+
 def test_an_export_that_disagrees_with_torch_is_refused(isolated: pytest.MonkeyPatch,
                                                         onnx_cache: Path) -> None:
     isolated.setenv(embedders.ENV_BACKEND, "onnx")

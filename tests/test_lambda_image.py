@@ -11,7 +11,7 @@ from pulumi_harness import synth_with
 
 from components.batch_workflow import LAMBDA_DOCKERFILE
 from components.images import digest_uri
-from ontosearch import embedders
+from ontosearch import constants, embedders
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = "aws:lambda/function:Function"
@@ -139,6 +139,8 @@ def test_runtime_stage_points_the_embedder_at_the_bundles_the_export_stage_wrote
     text = (ROOT / LAMBDA_DOCKERFILE).read_text()
     bundles = _runtime_env()[embedders.ENV_EMBEDDER_BUNDLES]
     assert f"embedder-bundle export --into {bundles}" in text
+    # a snapshot built with the int8 embedder is queried with its own bundle
+    assert f"embedder-bundle export --embedder {constants.INT8_EMBEDDER} --into {bundles}" in text
     assert f"COPY --from=export {bundles} {bundles}" in text
     assert f"embedder-bundle check --into {bundles}" in text
     assert re.search(r'^ENTRYPOINT \["python", "-m", "awslambdaric"\]$', text, re.M)

@@ -248,6 +248,35 @@ _PARENTHETICAL = re.compile(r"\s*\(([^()]*)\)\s*")
 _MARKERISH = re.compile(r"[+\u2212-]\s*$|\b(?:pos|neg|hi|lo|high|low)\b|^[A-Z0-9]{2,}[+-]?$")
 
 
+def _listed_names(text: str) -> list[str]:
+    """The names of a label that lists one thing's names separated by semicolons, in order; empty
+    when it lists fewer than two.
+
+    Registries write a condition's names as one string that way: OMIM's titles give the name, then
+    the symbol ("CHARCOT-MARIE-TOOTH DISEASE, TYPE 1A; CMT1A"), and ClinVar, MedGen and GWAS
+    Catalog join alternative names of one trait with "; ". Each name is then looked up as a label
+    of its own, the first (the registry's preferred name) first. The whole label is still tried
+    before its rewrites, so a name the ontology itself writes with a semicolon (MONDO keeps OMIM
+    titles as synonyms: "immunodeficiency 47; IMD47") hits as it is; a semicolon inside brackets
+    is part of a name ("t(8;22)", "[Vc; V3]") and splits nothing.
+    """
+    if ";" not in text:
+        return []
+    names, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(0, depth - 1)
+        elif char == ";" and depth == 0:
+            names.append(text[start:index])
+            start = index + 1
+    names.append(text[start:])
+    names = [" ".join(name.split()) for name in names]
+    names = [name for name in names if name]
+    return names if len(names) > 1 else []
+
+
 def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     """The label as the ontology would write it, for labels in sample-sheet or atlas style, best
     first; empty when no rule applies.
@@ -256,9 +285,16 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial", and
     "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"; for tissues a specimen
     word is dropped and a lone organ adjective named ("Renal tissue" -> "kidney"); for cell types
-    a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte").
+    a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte"). A semicolon list of
+    names is each name in turn, with its own rewrites (`_listed_names`).
     """
     original = " ".join(text.split())
+    names = _listed_names(original)
+    if names:
+        listed: list[str] = []
+        for name in names:
+            listed += [name, *rewrite_label(name, ontology)]
+        return [name for name in dict.fromkeys(listed) if name != original]
     out = split_atlas_spelling(original)
     gtex = out.count(" - ") == 1
     sites: list[str] = []

@@ -146,6 +146,16 @@ def test_exact_label_and_synonym_hits_come_first_with_score_one(client: Any, emb
     assert found[1][0].matched_text == "CD4-positive, alpha-beta T cell"
 
 
+def test_a_semicolon_list_of_names_is_looked_up_name_by_name(client: Any, embedder: Any) -> None:
+    # registry style "NAME; SYMBOL" (OMIM) or "name; other name" (ClinVar): neither label as a whole
+    # is a name of the ontology, each listed name is
+    found = match(["hepatocyte; NK cell", "Liver parenchymal cells, human; Tregs"], "cl", client=client,
+                  embedder=embedder)
+    assert [(r[0].term_id, r[0].score, r[0].match_type) for r in found] == [
+        ("CL:0000182", 1.0, "label"), ("CL:0000815", 1.0, "synonym")]
+    assert found[0][1].term_id == "CL:0000623"  # the second name's term next
+
+
 def test_each_term_appears_once_and_scores_fall_with_rank(client: Any, embedder: Any) -> None:
     for results in match(["T lymphocytes", "retinal neurons", "B cell"], "cell_type", top_k=10,
                          client=client, embedder=embedder):

@@ -151,6 +151,10 @@ def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
         ("Ileal biopsy", "uberon", ["ileum"]),
         ("Decidual tissue", "uberon", ["Decidual", "decidua", "deciduum"]),
         ("Peritoneal biopsy", "uberon", ["Peritoneal", "peritonea", "peritoneum"]),
+        ("CHARCOT-MARIE-TOOTH DISEASE, TYPE 1A; CMT1A", "mondo",
+         ["CHARCOT-MARIE-TOOTH DISEASE, TYPE 1A", "CMT1A"]),
+        ("Club cells (SCGB1A1+);  AT2 cells;", "cl", ["Club cells (SCGB1A1+)", "Club cells", "AT2 cells"]),
+        ("hallux; digitus primus [I]", "uberon", ["hallux", "digitus primus [I]"]),
     ],
 )
 def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_them(
@@ -162,10 +166,16 @@ def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_the
 @pytest.mark.parametrize(
     ("label", "ontology"),
     [("T cells", "cl"), ("NK", "cl"), ("DCs", "cl"), ("left ventricle", "uberon"), ("tissue", "uberon"),
-     ("Liver biopsy", "cl"), ("CD14+ Mono", "uberon"), ("Crohn's disease", "mondo")],
+     ("Liver biopsy", "cl"), ("CD14+ Mono", "uberon"), ("Crohn's disease", "mondo"),
+     ("IMD47;", "mondo"), ("; ;", "mondo")],
 )
 def test_labels_without_such_forms_are_left_alone(label: str, ontology: str) -> None:
     assert rewrite_label(label, ontology) == []
+
+
+def test_a_semicolon_inside_brackets_separates_no_names() -> None:
+    for label in ("supernumerary der(22)t(8;22) syndrome", "mandibular nerve [Vc; V3]"):
+        assert not any(name.endswith(("t(8", "[Vc")) for name in rewrite_label(label, "mondo")), label
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,11 @@ def embedding_text(text: str) -> str:
 # Specimen words around a tissue name ("Liver biopsy", "Bone marrow aspirate", "Renal tissue").
 _SPECIMEN = {"biopsy", "biopsies", "tissue", "tissues", "sample", "samples", "specimen", "specimens",
              "aspirate", "aspirates", "resection", "resections"}
+# Life-stage words that atlases and epigenome portals put before an organ ("Fetal Heart", "Adult
+# Liver"): Uberon's terms are stage-neutral (a sample's stage is recorded apart from its tissue), so
+# a leading one is dropped like a specimen word. Not "embryonic": Uberon names embryonic structures.
+_LIFE_STAGE = {"fetal", "foetal", "adult", "neonatal", "newborn", "infant", "pediatric", "paediatric",
+               "juvenile"}
 # An organ adjective left alone once the specimen word is gone -> the organ's name.
 _ORGAN_ADJECTIVES = {
     "renal": "kidney", "hepatic": "liver", "splenic": "spleen", "thymic": "thymus", "ileal": "ileum",
@@ -284,7 +289,8 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     "Club cells (SCGB1A1+)" -> "Club cells" (a marker in parentheses); "Stellate cells (liver)" ->
     "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial", and
     "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"; for tissues a specimen
-    word is dropped and a lone organ adjective named ("Renal tissue" -> "kidney"); for cell types
+    word and a leading life-stage word are dropped ("Fetal Heart" -> "Heart") and a lone organ
+    adjective named ("Renal tissue" -> "kidney"); for cell types
     a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte"). A semicolon list of
     names is each name in turn, with its own rewrites (`_listed_names`).
     """
@@ -328,6 +334,8 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
         words = variant.split()
         if ontology == "uberon":
             kept = [word for word in words if word.lower() not in _SPECIMEN]
+            if len(kept) > 1 and kept[0].lower() in _LIFE_STAGE:
+                kept = kept[1:]
             specimen = bool(kept) and len(kept) < len(words)
             words = kept if specimen else words
             if len(words) == 1 and words[0].lower() in _ORGAN_ADJECTIVES:

@@ -155,6 +155,9 @@ def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
          ["CHARCOT-MARIE-TOOTH DISEASE, TYPE 1A", "CMT1A"]),
         ("Club cells (SCGB1A1+);  AT2 cells;", "cl", ["Club cells (SCGB1A1+)", "Club cells", "AT2 cells"]),
         ("hallux; digitus primus [I]", "uberon", ["hallux", "digitus primus [I]"]),
+        ("Fetal Heart", "uberon", ["Heart"]),
+        ("Adult_Kidney tissue", "uberon", ["Kidney"]),
+        ("Fetal Renal", "uberon", ["kidney"]),
     ],
 )
 def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_them(
@@ -167,7 +170,7 @@ def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_the
     ("label", "ontology"),
     [("T cells", "cl"), ("NK", "cl"), ("DCs", "cl"), ("left ventricle", "uberon"), ("tissue", "uberon"),
      ("Liver biopsy", "cl"), ("CD14+ Mono", "uberon"), ("Crohn's disease", "mondo"),
-     ("IMD47;", "mondo"), ("; ;", "mondo")],
+     ("IMD47;", "mondo"), ("; ;", "mondo"), ("Fetal", "uberon"), ("fetal heart", "cl")],
 )
 def test_labels_without_such_forms_are_left_alone(label: str, ontology: str) -> None:
     assert rewrite_label(label, ontology) == []

@@ -95,6 +95,12 @@ class LexicalIndex:
         self._records_of: dict[str, list[int]] = {}
         for index, term_id in enumerate(self.term_ids):
             self._records_of.setdefault(term_id, []).append(index)
+        # every word of any of a term's names: a label can be held whole only by a term that has
+        # all its words but one here (`holding`)
+        self._words_of = {
+            term_id: frozenset().union(*(self._token_sets[i] for i in records))
+            for term_id, records in self._records_of.items()
+        }
         self._parents = {term_id: tuple(found) for term_id, found in (parents or {}).items()}
         self._class_words: dict[str, frozenset[str]] = {}
         self.equivalents = equivalences(
@@ -149,6 +155,29 @@ class LexicalIndex:
             for word in group:
                 covers[word] = covers.get(word, 0) | 1 << bit
         return {term_id: self._fit(widened, covers, term_id) for term_id in term_ids}
+
+    def holding(self, text: str, term_ids: Iterable[str]) -> dict[str, Fit]:
+        """`fits` of just those terms one of whose names holds every word of `text` (recall 1.0,
+        a class word standing in for at most one): the only fits the matcher's fusion acts on.
+        A term lacking two of the text's words in all its names together is skipped unscored."""
+        words = frozenset(lexical_tokens(text))
+        widened = [self._equivalent(word) | {word} for word in words]
+        if not widened:
+            return {}
+        covers: dict[str, int] = {}
+        for bit, group in enumerate(widened):
+            for word in group:
+                covers[word] = covers.get(word, 0) | 1 << bit
+        out = {}
+        for term_id in term_ids:
+            has = self._words_of.get(term_id, frozenset())
+            lacking = [group for group in widened if group.isdisjoint(has)]
+            if len(lacking) > 1 or (lacking and lacking[0].isdisjoint(self._class_words_of(term_id))):
+                continue
+            fit = self._fit(widened, covers, term_id)
+            if fit.recall >= 1.0:
+                out[term_id] = fit
+        return out
 
     def _fit(self, widened: list[frozenset[str]], covers: dict[str, int], term_id: str) -> Fit:
         """Each label word with its equivalents (`widened`) against the term's names; equivalence

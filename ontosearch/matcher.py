@@ -443,7 +443,7 @@ class Matcher:
                 for hit in found[label] if hit.term_id not in dense_terms[label] and hit.record_id in records
             ]
             terms = dense_terms[label] | {meta["term_id"] for meta, _ in extra[label]}
-            fits[label] = index.fits(texts[label], terms)
+            fits[label] = index.holding(texts[label], terms)
         return extra, fits
 
     def _fetch_records(self, record_ids: set[str]) -> dict[str, Hit]:

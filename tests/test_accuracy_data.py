@@ -26,7 +26,8 @@ def terms() -> dict[str, dict]:
 @pytest.mark.parametrize("name", ONTOLOGIES)
 @pytest.mark.parametrize(
     "set_name",
-    ["realworld", "realworld2", "realworld3", "realworld4", "realworld5", "published", "published2", "variants"],
+    ["realworld", "realworld2", "realworld3", "realworld4", "realworld5", "published", "published2",
+     "variants"],
 )
 def test_each_set_is_large_enough_with_live_expected_terms(
     terms: dict[str, dict], name: str, set_name: str

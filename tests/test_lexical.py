@@ -110,6 +110,19 @@ def test_one_word_of_the_label_may_name_a_class_of_the_term() -> None:
     assert index.fit("SMA (spinal muscular atrophy)", "D:1").recall < 1.0
 
 
+def test_holding_is_exactly_the_fits_that_hold_every_word_of_the_label() -> None:
+    names = {**NAMES, "B:1": ["bone"], "B:2": ["long bone"], "B:3": ["femur"],
+             "K:1": ["renal pelvis", "kidney pelvis"], "K:2": ["renal cortex", "kidney cortex"],
+             "K:3": ["renal capsule", "kidney capsule"], "K:4": ["renal medulla"]}
+    index = index_of(names, parents={"B:2": ["B:1"], "B:3": ["B:2"]})
+    for label in ("Lung Fibroblasts", "fibroblast", "Femur bone", "femoral bone", "Kidney Medulla",
+                  "tuft cell", "lung", "zebra", "", "pancreatic duct tuft cells of lung"):
+        fits = index.fits(label, names)
+        assert index.holding(label, names) == {
+            term_id: fit for term_id, fit in fits.items() if fit.recall >= 1.0}, label
+    assert set(index.holding("Femur bone", names)) == {"B:3"}  # a class word stands in for one word
+
+
 def meta(term_id: str, specific: bool = False) -> dict[str, Any]:
     return {"term_id": term_id, "label": term_id, "text": term_id, "specific": specific}
 

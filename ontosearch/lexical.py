@@ -95,12 +95,8 @@ class LexicalIndex:
         self._records_of: dict[str, list[int]] = {}
         for index, term_id in enumerate(self.term_ids):
             self._records_of.setdefault(term_id, []).append(index)
-        # every word of any of a term's names: a label can be held whole only by a term that has
-        # all its words but one here (`holding`)
-        self._words_of = {
-            term_id: frozenset().union(*(self._token_sets[i] for i in records))
-            for term_id, records in self._records_of.items()
-        }
+        # every word of any of a term's names, filled as asked (`_words_of_term`)
+        self._words_of: dict[str, frozenset[str]] = {}
         self._parents = {term_id: tuple(found) for term_id, found in (parents or {}).items()}
         self._class_words: dict[str, frozenset[str]] = {}
         self.equivalents = equivalences(
@@ -170,7 +166,7 @@ class LexicalIndex:
                 covers[word] = covers.get(word, 0) | 1 << bit
         out = {}
         for term_id in term_ids:
-            has = self._words_of.get(term_id, frozenset())
+            has = self._words_of_term(term_id)
             lacking = [group for group in widened if group.isdisjoint(has)]
             if len(lacking) > 1 or (lacking and lacking[0].isdisjoint(self._class_words_of(term_id))):
                 continue
@@ -209,6 +205,15 @@ class LexicalIndex:
             if (candidate.recall, candidate.precision) > (best.recall, best.precision):
                 best = candidate
         return best
+
+    def _words_of_term(self, term_id: str) -> frozenset[str]:
+        """Every word of any of the term's names: a label can be held whole only by a term that has
+        all its words but one among these (`holding`)."""
+        found = self._words_of.get(term_id)
+        if found is None:
+            records = self._records_of.get(term_id, ())
+            found = self._words_of[term_id] = frozenset().union(*(self._token_sets[i] for i in records))
+        return found
 
     def _class_words_of(self, term_id: str) -> frozenset[str]:
         """The words of the names of every ancestor of the term (through `parents`)."""

@@ -57,7 +57,7 @@ import numpy as np
 from ontosearch.aliases import expand_abbreviations
 from ontosearch.confidence import HIGH, classify
 from ontosearch.label_io import STATUS_CONSIDER, STATUS_ERROR, STATUS_OK
-from ontosearch.lexical import Fit, LexicalIndex, index_for
+from ontosearch.lexical import Fit, LexicalHit, LexicalIndex, index_for
 from ontosearch.normalize import abbreviation_key, embedding_text, query_keys, rewrite_label
 from ontosearch.ontologies import _PREFIXES as ONTOLOGY_PREFIXES
 from ontosearch.ontologies import OntologyError, _version_sort_key, id_prefix, resolve_ontology
@@ -421,29 +421,35 @@ class Matcher:
         self, texts: dict[str, str], dense: dict[Any, list[Candidate]], vectors: dict[Any, np.ndarray]
     ) -> tuple[dict[str, list[Candidate]], dict[str, dict[str, Fit]]]:
         """Per label (-> the text it was embedded as): the lexical channel's terms that the dense
-        channel lacks, with their cosine similarity, and every candidate's word fit to the text."""
+        channel lacks and one of whose names holds every word of the text, with their cosine
+        similarity, and the fits of every candidate that holds them (`LexicalIndex.holding`).
+
+        A lexical term holding fewer of the words gains nothing in the fusion and is seldom as
+        similar as the dense candidates (the dense channel returns the nearest records), so it is
+        left out and its vector never fetched: 0.2 s of 10,000 labels that need embedding. Measured
+        on the 2,416 distinct labels of the bench sets, that changed ranks 3 to 5 of 3 labels and
+        no first match."""
         if self._lexical is None:
             self._lexical = index_for(self.collection)
         index = self._lexical
         labels = list(texts)
         searched = index.search([texts[label] for label in labels], LEXICAL_CANDIDATES)
-        found = dict(zip(labels, searched, strict=True))
-        dense_terms = {
-            label: {meta["term_id"] for meta, _ in dense[("text", texts[label])]} for label in labels
-        }
-        records = self._fetch_records({
-            hit.record_id for label in labels for hit in found[label] if hit.term_id not in dense_terms[label]
-        })
-        extra: dict[str, list[Candidate]] = {}
         fits: dict[str, dict[str, Fit]] = {}
+        held: dict[str, list[LexicalHit]] = {}
+        for label, hits in zip(labels, searched, strict=True):
+            dense_terms = {meta["term_id"] for meta, _ in dense[("text", texts[label])]}
+            fits[label] = index.holding(texts[label], [*dense_terms, *(hit.term_id for hit in hits)])
+            held[label] = [
+                hit for hit in hits if hit.term_id not in dense_terms and hit.term_id in fits[label]
+            ]
+        records = self._fetch_records({hit.record_id for hits in held.values() for hit in hits})
+        extra: dict[str, list[Candidate]] = {}
         for label in labels:
             vector = vectors[("text", texts[label])]
             extra[label] = [
                 (records[hit.record_id][0], _similarity(vector, records[hit.record_id][1]))
-                for hit in found[label] if hit.term_id not in dense_terms[label] and hit.record_id in records
+                for hit in held[label] if hit.record_id in records
             ]
-            terms = dense_terms[label] | {meta["term_id"] for meta, _ in extra[label]}
-            fits[label] = index.holding(texts[label], terms)
         return extra, fits
 
     def _fetch_records(self, record_ids: set[str]) -> dict[str, Hit]:

@@ -244,6 +244,27 @@ def test_compositional_labels_find_the_term_holding_their_words(tmp_path: Path) 
     assert found[0][0].match_type in {"lexical", "vector"} and found[3][0].match_type == "label"
 
 
+def test_only_lexical_terms_holding_every_word_join_and_only_their_vectors_are_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ontosearch import matcher as matcher_module
+
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    matcher = matcher_module.Matcher(client, "uberon", embedder=FixedEmbedder())
+    fetched: list[set[str]] = []
+    real = matcher._fetch_records
+    monkeypatch.setattr(matcher, "_fetch_records", lambda ids: fetched.append(set(ids)) or real(ids))
+    # the dense channel returns two records, so the lexical channel has terms to add
+    monkeypatch.setattr(matcher_module, "_MIN_FETCH", 2)
+    monkeypatch.setattr(matcher_module, "_OVERFETCH", 1)
+    [answer] = matcher.match(["pelvis of the kidney"], top_k=1)
+    # "pelvis" (a name of UBERON:0000009) and "kidney" are words of the label, but only the renal pelvis
+    # has a name holding both: the lexical channel adds it, not the bare pelvis nor the other kidney parts
+    assert answer[0].term_id == "UBERON:0000002"
+    assert {term for ids in fetched for term in ids} <= {"UBERON:0000002", "UBERON:0000002#s0"}
+
+
 def test_the_index_is_built_once_per_collection(tmp_path: Path) -> None:
     client = chromadb.PersistentClient(path=str(tmp_path))
     index_ontology(client, SMALL, FixedEmbedder(), progress=False)

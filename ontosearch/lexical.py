@@ -238,8 +238,9 @@ class LexicalIndex:
         id). The text's words are asked for together with their equivalents (`equivalences`).
 
         Scores come from bm25s; the best records are chosen here among those that hold a word of
-        the text (a label's words are in a few hundred of MONDO's 81,000 names, and bm25s' own
-        top-k partitions every record's score, most of them zero). Every record that ties the
+        the text (for MONDO's realworld5 and variants labels a median of 302 of its 81,217 names,
+        9,494 at the 90th percentile), where bm25s' own top-k partitions every record's score,
+        most of them zero. Every record that ties the
         last one kept stays, so which of equal names stand for a term never depends on the
         selection algorithm: records are in record-id order, and the first of a term's best wins.
         """

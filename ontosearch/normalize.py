@@ -253,6 +253,11 @@ _PARENTHETICAL = re.compile(r"\s*\(([^()]*)\)\s*")
 _MARKERISH = re.compile(r"[+\u2212-]\s*$|\b(?:pos|neg|hi|lo|high|low)\b|^[A-Z0-9]{2,}[+-]?$")
 
 
+# A parenthetical naming a year cites where a label comes from ("Ewing Sarcoma (Institut Curie,
+# Cancer Discov 2014)"): it is dropped, not moved in front like a site.
+_CITATION = re.compile(r"\b(?:1[89]|20)\d{2}\b")
+
+
 def _listed_names(text: str) -> list[str]:
     """The names of a label that lists one thing's names separated by semicolons, in order; empty
     when it lists fewer than two.
@@ -282,6 +287,19 @@ def _listed_names(text: str) -> list[str]:
     return names if len(names) > 1 else []
 
 
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+
+
+def _conjoined_sites(text: str) -> list[str]:
+    """The sites of a registry's site group, in order ("Lung and Bronchus", "Nose, Nasal Cavity and
+    Middle Ear"); empty when the label joins nothing with "and" outside brackets."""
+    if not _AND.search(text) or any(char in text for char in "()[]"):
+        return []
+    parts = [part.strip() for piece in _AND.split(text) for part in piece.split(",")]
+    parts = [part for part in parts if part]
+    return parts if len(parts) > 1 else []
+
+
 def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     """The label as the ontology would write it, for labels in sample-sheet or atlas style, best
     first; empty when no rule applies.
@@ -290,12 +308,14 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial", and
     "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"; for tissues a specimen
     word and a leading life-stage word are dropped ("Fetal Heart" -> "Heart") and a lone organ
-    adjective named ("Renal tissue" -> "kidney"); for cell types
+    adjective named ("Renal tissue" -> "kidney"), and a registry's site group is each site in turn
+    ("Lung and Bronchus" -> "Lung", "Bronchus"); for cell types
     a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte"). A semicolon list of
-    names is each name in turn, with its own rewrites (`_listed_names`).
+    names is each name in turn, with its own rewrites (`_listed_names`), and a parenthetical that
+    names a year is a citation, dropped.
     """
     original = " ".join(text.split())
-    names = _listed_names(original)
+    names = _listed_names(original) or (_conjoined_sites(original) if ontology == "uberon" else [])
     if names:
         listed: list[str] = []
         for name in names:
@@ -307,7 +327,7 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
 
     def parenthetical(match: re.Match[str]) -> str:
         inner = match.group(1).strip()
-        if not inner or _MARKERISH.search(inner):
+        if not inner or _MARKERISH.search(inner) or _CITATION.search(inner):
             return " "
         if gtex:
             sites.append(inner)

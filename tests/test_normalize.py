@@ -158,6 +158,11 @@ def test_a_bare_eponym_is_tried_as_a_disease_for_diseases_only() -> None:
         ("Fetal Heart", "uberon", ["Heart"]),
         ("Adult_Kidney tissue", "uberon", ["Kidney"]),
         ("Fetal Renal", "uberon", ["kidney"]),
+        ("Lung and Bronchus", "uberon", ["Lung", "Bronchus"]),
+        ("Nose, Nasal Cavity and Middle Ear", "uberon", ["Nose", "Nasal Cavity", "Middle Ear"]),
+        ("Liver AND intrahepatic bile ducts", "uberon", ["Liver", "intrahepatic bile ducts"]),
+        ("Ewing Sarcoma (Institut Curie, Cancer Discov 2014)", "mondo", ["Ewing Sarcoma"]),
+        ("Low-Grade Gliomas (UCSF, Science 2014)", "mondo", ["Low-Grade Gliomas"]),
     ],
 )
 def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_them(
@@ -170,7 +175,8 @@ def test_sample_sheet_and_atlas_labels_are_rewritten_as_the_ontologies_write_the
     ("label", "ontology"),
     [("T cells", "cl"), ("NK", "cl"), ("DCs", "cl"), ("left ventricle", "uberon"), ("tissue", "uberon"),
      ("Liver biopsy", "cl"), ("CD14+ Mono", "uberon"), ("Crohn's disease", "mondo"),
-     ("IMD47;", "mondo"), ("; ;", "mondo"), ("Fetal", "uberon"), ("fetal heart", "cl")],
+     ("IMD47;", "mondo"), ("; ;", "mondo"), ("Fetal", "uberon"), ("fetal heart", "cl"),
+     ("Lung and Bronchus", "cl"), ("and", "uberon")],
 )
 def test_labels_without_such_forms_are_left_alone(label: str, ontology: str) -> None:
     assert rewrite_label(label, ontology) == []

@@ -307,12 +307,11 @@ def rewrite_label(text: str, ontology: str | None = None) -> list[str]:
     "Club cells (SCGB1A1+)" -> "Club cells" (a marker in parentheses); "Stellate cells (liver)" ->
     "liver Stellate cells"; GTEx style "Artery - Tibial" -> "Tibial Artery", then "Tibial", and
     "Skin - Sun Exposed (Lower leg)" also -> "Lower leg Skin", "Lower leg"; for tissues a specimen
-    word and a leading life-stage word are dropped ("Fetal Heart" -> "Heart") and a lone organ
+    word and a leading life-stage word are dropped ("Fetal Heart" -> "Heart"), a lone organ
     adjective named ("Renal tissue" -> "kidney"), and a registry's site group is each site in turn
-    ("Lung and Bronchus" -> "Lung", "Bronchus"); for cell types
-    a shorthand head noun is spelt out ("CD14+ Mono" -> "CD14+ monocyte"). A semicolon list of
-    names is each name in turn, with its own rewrites (`_listed_names`), and a parenthetical that
-    names a year is a citation, dropped.
+    ("Lung and Bronchus" -> "Lung", "Bronchus"); for cell types a shorthand head noun is spelt out
+    ("CD14+ Mono" -> "CD14+ monocyte"). A semicolon list of names is each name in turn, with its
+    own rewrites (`_listed_names`), and a parenthetical that names a year is a citation, dropped.
     """
     original = " ".join(text.split())
     names = _listed_names(original) or (_conjoined_sites(original) if ontology == "uberon" else [])

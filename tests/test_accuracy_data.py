@@ -27,7 +27,7 @@ def terms() -> dict[str, dict]:
 @pytest.mark.parametrize(
     "set_name",
     ["realworld", "realworld2", "realworld3", "realworld4", "realworld5", "published", "published2",
-     "published3", "variants"],
+     "published3", "published4", "variants"],
 )
 def test_each_set_is_large_enough_with_live_expected_terms(
     terms: dict[str, dict], name: str, set_name: str
@@ -35,7 +35,7 @@ def test_each_set_is_large_enough_with_live_expected_terms(
     cases = read_set(set_name, name)
     # realworld3 is what is left of a third set after removing every label the first two hold
     assert len(cases) >= {"realworld3": 30, "realworld4": 90, "realworld5": 120, "published": 120,
-                          "published2": 120, "published3": 120}.get(set_name, 50)
+                          "published2": 120, "published3": 120, "published4": 120}.get(set_name, 50)
     labels = [case.label for case in cases]
     assert len(labels) == len(set(labels)), "a label listed twice would count twice"
     for case in cases:

@@ -26,7 +26,7 @@ REAL_WORLD_SETS = (
 # the shipped matcher. Kept apart from REAL_WORLD_SETS: they are another register of label (not what
 # scientists type), so they neither define the "-new" parts of the real-world sets nor feed the pooled
 # confidence calibration; their per-class precision is a held-out check of that calibration instead.
-PUBLISHED_SETS = ("published", "published2", "published3")
+PUBLISHED_SETS = ("published", "published2", "published3", "published4")
 PUBLISHED_TARGET = 0.95  # issue 12: top-1 at least 0.95 for every ontology
 ACCURACY_TARGETS = {
     **{(name, held_out): goal for held_out in REAL_WORLD_SETS for name, goal in REAL_WORLD_TARGETS.items()},

@@ -134,13 +134,19 @@ class ServeProcess:
                 return line.split(" ", 1)[1].strip()
         raise AssertionError("serve not ready in time:\n" + "\n".join(self.stderr))
 
-    def pid_of(self, what: str) -> int:
-        """The pid serve reports for `chroma` or `auth proxy` on stderr."""
-        for line in self.stderr:
-            marker = f"{what} pid "
-            if marker in line:
-                return int(line.split(marker, 1)[1].split()[0])
-        raise AssertionError(f"serve did not report a {what} pid:\n" + "\n".join(self.stderr))
+    def pid_of(self, what: str, timeout: float = 10.0) -> int:
+        """The pid serve reports for `chroma` or `auth proxy` on stderr. Serve writes it before the
+        "ready" line, but on another pipe, read by another thread: on a busy machine that thread
+        may not have read it yet when "ready" arrives, so this waits for it a while."""
+        marker = f"{what} pid "
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.stderr):
+                if marker in line:
+                    return int(line.split(marker, 1)[1].split()[0])
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"serve did not report a {what} pid:\n" + "\n".join(self.stderr))
+            time.sleep(0.05)
 
     def join_output(self, timeout: float = 5.0) -> None:
         for thread in self._threads:

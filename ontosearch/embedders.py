@@ -522,24 +522,32 @@ INT8_QUANTIZATION = {"weight_type": "QInt8", "per_channel": True, "reduce_range"
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    """Write the int8 quantization of a float32 ONNX encoder (`INT8_QUANTIZATION`), atomically."""
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as exc:  # onnxruntime.quantization imports the `onnx` package
-        raise EmbedderError(f"quantizing to int8 needs the onnx package (requirements.txt): {exc}") from exc
-    settings = dict(INT8_QUANTIZATION)
-    weight_type = getattr(QuantType, settings.pop("weight_type"))
+    """Write the int8 quantization of a float32 ONNX encoder (`INT8_QUANTIZATION`), atomically.
+
+    The root logger is left as it was: importing onnxruntime.quantization calls logging.basicConfig
+    (level INFO) and quantize_dynamic logs through the root logger, which would otherwise print
+    every library's INFO and DEBUG records on stderr for the rest of the process."""
+    root = logging.getLogger()
+    handlers, level, disabled = list(root.handlers), root.level, logging.root.manager.disable
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    previous = logging.root.manager.disable
     try:
         logging.disable(logging.WARNING)  # "consider pre-processing": it changes nothing for this model
+        try:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+        except ImportError as exc:  # onnxruntime.quantization imports the `onnx` package
+            raise EmbedderError(f"quantizing to int8 needs the onnx package (requirements.txt): {exc}"
+                                ) from exc
+        settings = dict(INT8_QUANTIZATION)
+        weight_type = getattr(QuantType, settings.pop("weight_type"))
         quantize_dynamic(str(source), tmp, weight_type=weight_type, **settings)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
-        logging.disable(previous)
+        logging.disable(disabled)
+        root.handlers[:] = handlers
+        root.setLevel(level)
         if os.path.exists(tmp):
             os.unlink(tmp)
 

@@ -150,6 +150,33 @@ def test_the_int8_embedder_has_its_own_name_stays_close_to_float32_and_is_quanti
         get_embedder(constants.INT8_EMBEDDER)
 
 
+def test_quantizing_leaves_the_process_logging_as_it_was(isolated: pytest.MonkeyPatch, onnx_cache: Path,
+                                                         tmp_path: Path) -> None:
+    """Importing onnxruntime.quantization calls logging.basicConfig; without the restore every later
+    INFO and DEBUG record of any library (bm25s, chromadb) reached stderr. Checked in a fresh
+    interpreter: pytest's own log capture gives the root logger handlers, which hide the effect."""
+    import subprocess
+    import sys
+
+    source = get_embedder().onnx_path  # the float32 export, in this module's cache
+    child = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from ontosearch.embedders import quantize_int8\n"
+        "root = logging.getLogger()\n"
+        "before = (len(root.handlers), root.level)\n"
+        "quantize_int8(Path(sys.argv[1]), Path(sys.argv[2]))\n"
+        "logging.getLogger('bm25s').debug('debug record')\n"
+        "print(before == (len(root.handlers), root.level))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", child, str(source), str(tmp_path / "q.onnx")],
+                          capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True" and "debug record" not in done.stderr
+    assert (tmp_path / "q.onnx").is_file()
+
+
 def test_an_export_that_disagrees_with_torch_is_refused(isolated: pytest.MonkeyPatch,
                                                         onnx_cache: Path) -> None:
     isolated.setenv(embedders.ENV_BACKEND, "onnx")

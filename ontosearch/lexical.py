@@ -143,27 +143,26 @@ class LexicalIndex:
 
     def fits(self, text: str, term_ids: Iterable[str]) -> dict[str, Fit]:
         """`fit` for several terms, the text tokenised once."""
-        words = frozenset(lexical_tokens(text))
-        widened = [self._equivalent(word) | {word} for word in words]
-        # each word a label word or its equivalent -> the label words it stands for, as bits
+        widened, covers = self._widened(text)
+        return {term_id: self._fit(widened, covers, term_id) for term_id in term_ids}
+
+    def _widened(self, text: str) -> tuple[list[frozenset[str]], dict[str, int]]:
+        """Each word of `text` with its equivalents, and each of those words -> the label words it
+        stands for, as bits (what `_fit` compares a name against)."""
+        widened = [self._equivalent(word) | {word} for word in frozenset(lexical_tokens(text))]
         covers: dict[str, int] = {}
         for bit, group in enumerate(widened):
             for word in group:
                 covers[word] = covers.get(word, 0) | 1 << bit
-        return {term_id: self._fit(widened, covers, term_id) for term_id in term_ids}
+        return widened, covers
 
     def holding(self, text: str, term_ids: Iterable[str]) -> dict[str, Fit]:
         """`fits` of just those terms one of whose names holds every word of `text` (recall 1.0,
         a class word standing in for at most one): the only fits the matcher's fusion acts on.
         A term lacking two of the text's words in all its names together is skipped unscored."""
-        words = frozenset(lexical_tokens(text))
-        widened = [self._equivalent(word) | {word} for word in words]
+        widened, covers = self._widened(text)
         if not widened:
             return {}
-        covers: dict[str, int] = {}
-        for bit, group in enumerate(widened):
-            for word in group:
-                covers[word] = covers.get(word, 0) | 1 << bit
         out = {}
         for term_id in term_ids:
             has = self._words_of_term(term_id)
@@ -240,9 +239,9 @@ class LexicalIndex:
         Scores come from bm25s; the best records are chosen here among those that hold a word of
         the text (for MONDO's realworld5 and variants labels a median of 302 of its 81,217 names,
         9,494 at the 90th percentile), where bm25s' own top-k partitions every record's score,
-        most of them zero. Every record that ties the
-        last one kept stays, so which of equal names stand for a term never depends on the
-        selection algorithm: records are in record-id order, and the first of a term's best wins.
+        most of them zero. Every record that ties the last one kept stays, so which of equal names
+        stand for a term never depends on the selection algorithm: records are in record-id order,
+        and the first of a term's best wins.
         """
         out: list[list[LexicalHit]] = [[] for _ in texts]
         if not self.record_ids:

@@ -438,7 +438,7 @@ class Matcher:
         held: dict[str, list[LexicalHit]] = {}
         for label, hits in zip(labels, searched, strict=True):
             dense_terms = {meta["term_id"] for meta, _ in dense[("text", texts[label])]}
-            fits[label] = index.holding(texts[label], [*dense_terms, *(hit.term_id for hit in hits)])
+            fits[label] = index.holding(texts[label], dense_terms | {hit.term_id for hit in hits})
             held[label] = [
                 hit for hit in hits if hit.term_id not in dense_terms and hit.term_id in fits[label]
             ]

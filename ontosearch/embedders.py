@@ -422,6 +422,11 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _cache_slug(name: str) -> str:
+    """An embedder name as the start of a cache file's name (a name may be a path or a hub id)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
 def _writable_cache() -> Path:
     root = cache_dir() / "onnx"
     try:
@@ -481,7 +486,7 @@ def onnx_embedder(name: str, model_dir: Path, pooling: str, max_length: int) -> 
     key = hashlib.sha256(
         f"{file_digest(weights)}|{pooling}|ort{onnxruntime.__version__}".encode()
     ).hexdigest()[:16]
-    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    slug = _cache_slug(name)
     root = _writable_cache()
     path = root / f"{slug}-{key}.onnx"
     verdict = root / f"{slug}-{key}.json"
@@ -564,7 +569,7 @@ def int8_embedder(name: str, model_dir: Path, pooling: str, max_length: int) -> 
     settings = json.dumps(INT8_QUANTIZATION, sort_keys=True)
     origin = f"{source.onnx_path.name}|{settings}|ort{onnxruntime.__version__}"
     key = hashlib.sha256(origin.encode()).hexdigest()[:16]
-    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    slug = _cache_slug(name)
     path = source.onnx_path.parent / f"{slug}-{key}.onnx"
     if not path.is_file():
         print(f"ontosearch: quantizing {constants.DEFAULT_EMBEDDER} to int8 (once) -> {path}",

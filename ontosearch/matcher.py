@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +97,10 @@ _KEEP_EXTRA = 12
 LEXICAL_WEIGHT = 0.15
 # Terms the lexical channel adds per label (beside the dense channel's top_k + _KEEP_EXTRA).
 LEXICAL_CANDIDATES = 10
-# Distinct labels matched per round (one embedding call, bounded memory for any input size).
-ROUND_LABELS = 4096
+# Distinct labels matched per round (one embedding call, bounded memory for any input size), and
+# rounds embedded ahead of the one being finished (`Matcher._match_rounds`).
+ROUND_LABELS = 512
+ROUNDS_AHEAD = 1
 # Bounds of a Matcher's caches: answers per (label, top_k), and records by id.
 ANSWER_CACHE = 200_000
 RECORD_CACHE = 300_000
@@ -204,6 +207,20 @@ def check_embedder(collection: Any, embedder: Any | None) -> Any:
 Hit = tuple[dict[str, Any], np.ndarray]
 
 
+@dataclass
+class _Round:
+    """A round of distinct labels before embedding: what `Matcher._prepare` found for `_finish`."""
+
+    labels: list[str]
+    keys: dict[str, list[str]]
+    hits: dict[str, list[Hit]]
+    abbreviations: dict[str, str | None]
+    abbr_hits: dict[str, list[Hit]]
+    source_of: dict[str, Any]
+    anchors: dict[str, Hit]
+    texts: list[str]
+
+
 class Matcher:
     """Matching against one collection, keeping what it learns for later calls.
 
@@ -264,8 +281,8 @@ class Matcher:
         ids = {label: curie for label in todo if (curie := parse_term_id(label)) is not None}
         pending = [label for label in todo if label not in ids]
         fresh: dict[str, Answer] = self._answer_ids(ids, top_k) if ids else {}
-        for start in range(0, len(pending), ROUND_LABELS):
-            fresh.update(self._match_round(pending[start:start + ROUND_LABELS], top_k, batch_size))
+        if pending:
+            fresh.update(self._match_rounds(pending, top_k, batch_size))
         out = []
         for label in labels:
             if not label.strip():
@@ -331,8 +348,39 @@ class Matcher:
             out[label] = Answer(matches, status, reason if status == STATUS_CONSIDER else "")
         return out
 
-    def _match_round(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, Answer]:
-        """Match distinct labels: exact hits, abbreviation hits, then one embedding call and the queries.
+    def _match_rounds(self, labels: list[str], top_k: int, batch_size: int) -> dict[str, Answer]:
+        """Match distinct labels in rounds of `ROUND_LABELS`, embedding one round ahead.
+
+        A round's exact lookups, queries and fusion run on this thread while a worker thread embeds
+        the next round (onnxruntime and the HTTP client release the GIL), so the embedder and the
+        rest of matching share the cores instead of taking turns. No answer depends on the round a
+        label is in.
+        """
+        rounds = [labels[start:start + ROUND_LABELS] for start in range(0, len(labels), ROUND_LABELS)]
+        found: dict[str, Answer] = {}
+        if len(rounds) == 1:
+            prepared = self._prepare(rounds[0], batch_size)
+            return self._finish(prepared, self._embed(prepared.texts), top_k, batch_size)
+        ahead: deque[tuple[_Round, Future[np.ndarray]]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ontosearch-match") as pool:
+            for batch in rounds:
+                prepared = self._prepare(batch, batch_size)
+                ahead.append((prepared, pool.submit(self._embed, prepared.texts)))
+                if len(ahead) > ROUNDS_AHEAD:
+                    done, embedded = ahead.popleft()
+                    found.update(self._finish(done, embedded.result(), top_k, batch_size))
+            while ahead:
+                done, embedded = ahead.popleft()
+                found.update(self._finish(done, embedded.result(), top_k, batch_size))
+        return found
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, 0), dtype=np.float32)
+        return np.asarray(self.embedder.embed(texts), dtype=np.float32)
+
+    def _prepare(self, labels: list[str], batch_size: int) -> _Round:
+        """A round's exact and abbreviation hits, and the texts to embed for labels without one term.
 
         A label with exact hits on exactly one term needs no embedding: the term's stored label
         vector stands in for it when finding the neighbours ranked after it.
@@ -363,7 +411,6 @@ class Matcher:
 
         # Each label's query vector comes from a "source": its embedding text, or its one exact term.
         source_of: dict[str, Any] = {}
-        vectors: dict[Any, np.ndarray] = {}
         anchors: dict[str, Hit] = {}
         to_embed: dict[str, None] = {}
         for label in labels:
@@ -377,18 +424,23 @@ class Matcher:
                 text = embedding_text(rewrites[label][0] if rewrites[label] else label)
                 source_of[label] = ("text", text)
                 to_embed[text] = None
+        return _Round(labels, keys, hits, abbreviations, abbr_hits, source_of, anchors, list(to_embed))
+
+    def _finish(self, prepared: _Round, embedded: np.ndarray, top_k: int, batch_size: int
+                ) -> dict[str, Answer]:
+        """A round's answers, given the vectors of its texts: vector queries, lexical channel, fusion."""
+        labels, keys, hits, source_of = prepared.labels, prepared.keys, prepared.hits, prepared.source_of
+        vectors: dict[Any, np.ndarray] = {}
         # A synonym or alias hit stands for its term: the term's label vector finds its neighbours
         # (shorthand such as "AT2" embeds poorly; the label it stands for does not).
+        anchors = prepared.anchors
         label_records = self._fetch_terms(
             {term_id for term_id, (meta, _) in anchors.items() if meta.get("kind") != "label"}
         )
         for term_id, (_meta, vector) in anchors.items():
             vectors[("term", term_id)] = label_records[term_id][1] if term_id in label_records else vector
-        if to_embed:
-            texts = list(to_embed)
-            embedded = np.asarray(self.embedder.embed(texts), dtype=np.float32)
-            for text, vector in zip(texts, embedded, strict=True):
-                vectors[("text", text)] = vector
+        for text, vector in zip(prepared.texts, embedded, strict=True):
+            vectors[("text", text)] = vector
 
         sources = list(vectors)
         candidates: dict[Any, list[Candidate]] = {}
@@ -406,7 +458,7 @@ class Matcher:
         found: dict[str, Answer] = {}
         for label in labels:
             source = source_of[label]
-            abbreviated = abbr_hits.get(abbreviations[label] or "", [])
+            abbreviated = prepared.abbr_hits.get(prepared.abbreviations[label] or "", [])
             ranked = fuse(keys[label], hits, abbreviated, vectors[source], candidates[source],
                           lexical.get(label, []), fits.get(label, {}))
             # The margin to the runner-up, from the full ranking so it does not depend on top_k.

@@ -121,6 +121,28 @@ def test_onnx_backend_gives_the_same_vectors_and_is_exported_once(
     assert exports[0].stat().st_mtime_ns == stamp
 
 
+def test_onnx_batches_run_at_once_give_the_vectors_of_batches_run_in_turn(
+    isolated: pytest.MonkeyPatch, onnx_cache: Path
+) -> None:
+    """The ONNX embedder runs one batch per thread at once (single-thread sessions); how many run at
+    once changes no vector, and each row is its text's."""
+    isolated.setenv(embedders.ENV_BACKEND, "onnx")
+    fast = get_embedder()
+    assert isinstance(fast, embedders.OnnxEmbedder) and fast.parallel_batches == embedders.session_threads()
+    texts = [f"{word} cell type {i}" + " of the adult lung" * (i % 3) for i, word in
+             enumerate(["T", "B", "NK", "mast", "stem", "glial"] * 9)]
+    isolated.setattr(fast, "batch_size", 4)
+    isolated.setattr(fast, "parallel_batches", 1)
+    fast.clear_cache()
+    in_turn = fast.embed(texts)
+    isolated.setattr(fast, "parallel_batches", 3)
+    fast.clear_cache()
+    at_once = fast.embed(texts)
+    np.testing.assert_array_equal(at_once, in_turn)
+    fast.clear_cache()
+    np.testing.assert_allclose(fast.embed([texts[17]])[0], at_once[17], atol=1e-6)
+
+
 def test_the_int8_embedder_has_its_own_name_stays_close_to_float32_and_is_quantized_once(
     isolated: pytest.MonkeyPatch, onnx_cache: Path, reference: np.ndarray
 ) -> None:

@@ -253,6 +253,33 @@ def test_small_batches_give_the_same_answers(client: Any, embedder: Any) -> None
     )
 
 
+def test_rounds_are_embedded_ahead_on_a_worker_thread_with_the_same_answers(
+    client: Any, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels over several rounds: each round's texts are embedded in one call on a worker thread
+    (beside this thread's queries of the round before), and every answer equals the one-round answer."""
+    import threading
+
+    from ontosearch import matcher as matcher_module
+
+    labels = ["Tregs", "lymphocytes making antibodies", "liver parenchyma cell", "plasma cells",
+              "rod photoreceptors of the eye", "beta cells", "memory B cells", "cells of the glia"]
+    one_round = match(labels, "cl", top_k=3, client=client, embedder=embedder)
+
+    threads: list[str] = []
+
+    class ThreadRecording(CountingEmbedder):
+        def embed(self, texts: Any, progress: bool = False) -> Any:
+            threads.append(threading.current_thread().name)
+            return super().embed(texts, progress)
+
+    recording = ThreadRecording(embedder)
+    monkeypatch.setattr(matcher_module, "ROUND_LABELS", 3)
+    assert match(labels, "cl", top_k=3, client=client, embedder=recording) == one_round
+    assert len(recording.calls) == 3  # rounds of 3, 3 and 2 labels, each needing the embedder
+    assert all(name.startswith("ontosearch-match") for name in threads)
+
+
 def test_embedder_mismatch_is_refused_naming_both(client: Any, embedder: Any) -> None:
     with pytest.raises(MatcherError, match=r"built with embedder 'all-MiniLM-L6-v2'.*SapBERT"):
         match(["T cells"], "cl", client=client, embedder=RenamedEmbedder(embedder))

@@ -34,6 +34,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +278,13 @@ class TransformerEmbedder(Embedder):
         batches = self._batches(lengths[order], order)
         workers = min(self.parallel_batches, len(batches))
         # Each batch writes its own rows of `out`; the bar advances as batches finish.
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="ontosearch-embed") as pool:
-            for idx in (map(run, batches) if workers <= 1 else pool.map(run, batches)):
+        with ExitStack() as stack:
+            if workers > 1:
+                pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="ontosearch-embed"))
+                finished = pool.map(run, batches)
+            else:
+                finished = map(run, batches)
+            for idx in finished:
                 if bar is not None:
                     bar.update(len(idx))
         return out

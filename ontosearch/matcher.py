@@ -357,21 +357,24 @@ class Matcher:
         label is in.
         """
         rounds = [labels[start:start + ROUND_LABELS] for start in range(0, len(labels), ROUND_LABELS)]
-        found: dict[str, Answer] = {}
-        if len(rounds) == 1:
+        if len(rounds) == 1:  # nothing to overlap: no worker thread
             prepared = self._prepare(rounds[0], batch_size)
             return self._finish(prepared, self._embed(prepared.texts), top_k, batch_size)
+        found: dict[str, Answer] = {}
         ahead: deque[tuple[_Round, Future[np.ndarray]]] = deque()
+
+        def finish_oldest() -> None:
+            prepared, embedded = ahead.popleft()
+            found.update(self._finish(prepared, embedded.result(), top_k, batch_size))
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ontosearch-match") as pool:
             for batch in rounds:
                 prepared = self._prepare(batch, batch_size)
                 ahead.append((prepared, pool.submit(self._embed, prepared.texts)))
                 if len(ahead) > ROUNDS_AHEAD:
-                    done, embedded = ahead.popleft()
-                    found.update(self._finish(done, embedded.result(), top_k, batch_size))
+                    finish_oldest()
             while ahead:
-                done, embedded = ahead.popleft()
-                found.update(self._finish(done, embedded.result(), top_k, batch_size))
+                finish_oldest()
         return found
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -430,10 +433,10 @@ class Matcher:
                 ) -> dict[str, Answer]:
         """A round's answers, given the vectors of its texts: vector queries, lexical channel, fusion."""
         labels, keys, hits, source_of = prepared.labels, prepared.keys, prepared.hits, prepared.source_of
+        anchors = prepared.anchors
         vectors: dict[Any, np.ndarray] = {}
         # A synonym or alias hit stands for its term: the term's label vector finds its neighbours
         # (shorthand such as "AT2" embeds poorly; the label it stands for does not).
-        anchors = prepared.anchors
         label_records = self._fetch_terms(
             {term_id for term_id, (meta, _) in anchors.items() if meta.get("kind") != "label"}
         )

@@ -280,6 +280,87 @@ def test_rounds_are_embedded_ahead_on_a_worker_thread_with_the_same_answers(
     assert all(name.startswith("ontosearch-match") for name in threads)
 
 
+# A Lambda execution environment runs at most 1,024 processes and threads ("Execution
+# processes/threads", https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html), and a
+# function gets at most 6 vCPUs, at 10,240 MB (https://aws.amazon.com/blogs/aws/new-for-aws-lambda-
+# functions-with-up-to-10-gb-of-memory-and-6-vcpus/). A warm query Lambda serves chunk after chunk in
+# one process, so a match call must also leave no thread behind.
+LAMBDA_THREADS = 1024
+LAMBDA_MAX_VCPUS = 6
+
+
+def test_a_match_call_runs_at_most_one_thread_per_core_and_one_more_and_leaves_none(
+    client: Any, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Lambda's largest size (6 cores) a match call over several rounds adds at most the round
+    pipeline's worker and one embedding thread per core, counted by the kernel (native onnxruntime
+    threads included), and every one of them is gone when the call returns. (The embedded store's
+    own Rust workers are left out of the count: a query Lambda reaches Chroma over HTTP.)"""
+    import glob
+    import threading
+
+    from ontosearch import embedders
+    from ontosearch import matcher as matcher_module
+    from ontosearch.constants import DEFAULT_EMBEDDER
+
+    def os_threads() -> int:
+        names = []
+        for comm in glob.glob("/proc/self/task/*/comm"):
+            try:
+                with open(comm) as f:
+                    names.append(f.read().strip())
+            except FileNotFoundError:  # a thread that ended while being counted
+                pass
+        return sum(not name.startswith(("sqlx-sqlite", "tokio-rt")) for name in names)
+
+    monkeypatch.delenv(embedders.ENV_THREADS, raising=False)
+    monkeypatch.setattr(embedders, "cpu_count", lambda: LAMBDA_MAX_VCPUS)
+    fast = embedders.onnx_embedder(DEFAULT_EMBEDDER, *embedders.model_source(DEFAULT_EMBEDDER))
+    assert fast.parallel_batches == LAMBDA_MAX_VCPUS
+    # rounds of 24 texts in batches of 2: twice as many batches as threads in every embed call
+    monkeypatch.setattr(fast, "batch_size", 2)
+    monkeypatch.setattr(matcher_module, "ROUND_LABELS", 24)
+
+    peak = 0
+    forward = fast._forward
+
+    def counting_forward(*args: Any) -> Any:
+        nonlocal peak
+        peak = max(peak, os_threads())
+        return forward(*args)
+
+    monkeypatch.setattr(fast, "_forward", counting_forward)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, os_threads())
+            done.wait(0.0005)
+
+    def labels_of(kinds: tuple[str, ...]) -> list[str]:
+        return [f"{kind} {word} of the {place}" for kind in kinds
+                for word in ("T lymphocytes", "B lymphocytes", "bipolar neurons", "stem cells")
+                for place in ("retina", "pancreas")]
+
+    # a first call starts what a process starts once (tqdm's monitor thread), as a cold Lambda does
+    match(labels_of(("adult",)), "cl", top_k=3, client=client, embedder=fast)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    before = os_threads()
+    peak = before
+    labels = labels_of(("activated", "resting", "cycling", "mature", "immature", "reactive"))
+    answers = match(labels, "cl", top_k=3, client=client, embedder=fast)
+    after = os_threads()
+    done.set()
+    sampler.join()
+    assert len(answers) == len(labels)
+    assert peak - before <= 1 + LAMBDA_MAX_VCPUS, (before, peak)
+    assert peak - before >= 2  # the pipeline and the embedding batches did run on threads of their own
+    assert after == before  # nothing left running for the next chunk
+    assert peak < LAMBDA_THREADS
+
+
 def test_embedder_mismatch_is_refused_naming_both(client: Any, embedder: Any) -> None:
     with pytest.raises(MatcherError, match=r"built with embedder 'all-MiniLM-L6-v2'.*SapBERT"):
         match(["T cells"], "cl", client=client, embedder=RenamedEmbedder(embedder))

@@ -17,6 +17,10 @@ Limits relied upon, each with its source:
   results go to S3 through ResultWriter
   (https://docs.aws.amazon.com/step-functions/latest/dg/concepts-asl-use-map-state-distributed.html,
   https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html).
+- ItemReader over one S3 object (same ItemReader page): the object at most 10 GB ("Step Functions
+  supports 10 GB as the maximum size of an individual file in Amazon S3"), an item read at most
+  8 MB (and at most 256 KiB once it is a child's input), at most 100,000,000 items read (the
+  ReaderConfig MaxItems bound).
 - Lambda: timeout at most 900 s, memory 128-10,240 MB, /tmp (ephemeral storage) 512-10,240 MB
   (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html;
   https://docs.aws.amazon.com/lambda/latest/dg/API_EphemeralStorage.html).
@@ -51,6 +55,9 @@ S3_MAX_PARTS = 10_000
 S3_MIN_PART = 5 * MIB
 S3_MAX_PART = 5 * 1024 * MIB
 STATE_LIMIT = 256 * 1024
+ITEM_READER_MAX_OBJECT = 10 * 1000**3  # "10 GB" (ItemReader page, above), read as the smaller 10^10 bytes
+ITEM_READER_MAX_ITEM = 8 * 1000 * 1000
+ITEM_READER_MAX_ITEMS = 100_000_000
 LAMBDA_MAX_TIMEOUT = 900
 LONGEST_NAME = "e" * 40 + "-" + "9" * 39  # 80 characters, the longest execution name
 BUCKET = "ontosearch-scale"
@@ -104,6 +111,8 @@ def test_the_chunk_manifest_of_2m_distinct_labels_fits_the_distributed_map(s3, t
     chunks = math.ceil(DISTINCT / steps.DEFAULT_CHUNK_SIZE)
     assert chunks == 4_000
     assert chunks * item < 2 * MIB, (chunks, item)
+    assert chunks * item < ITEM_READER_MAX_OBJECT and item < ITEM_READER_MAX_ITEM
+    assert chunks < ITEM_READER_MAX_ITEMS
     # the child's input is the item plus the job (bounded by Validate; measured at every
     # transition in tests/test_workflow_limits.py); the item itself is a tiny share of 256 KiB
     assert item < STATE_LIMIT / 500

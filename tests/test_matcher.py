@@ -292,7 +292,8 @@ LAMBDA_MAX_VCPUS = 6
 def test_a_match_call_runs_at_most_one_thread_per_core_and_one_more_and_leaves_none(
     client: Any, embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On Lambda's largest size (6 cores) a match call over several rounds adds at most the round
+    """On Lambda's largest size (6 cores; the query Lambda is deployed at 3,008 MB, fewer cores, so
+    this bounds it from above) a match call over several rounds adds at most the round
     pipeline's worker and one embedding thread per core, counted by the kernel (native onnxruntime
     threads included), and every one of them is gone when the call returns. (The embedded store's
     own Rust workers are left out of the count: a query Lambda reaches Chroma over HTTP.)"""

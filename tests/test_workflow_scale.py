@@ -19,8 +19,8 @@ Limits relied upon, each with its source:
   https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itemreader.html).
 - ItemReader over one S3 object (same ItemReader page): the object at most 10 GB ("Step Functions
   supports 10 GB as the maximum size of an individual file in Amazon S3"), an item read at most
-  8 MB (and at most 256 KiB once it is a child's input), at most 100,000,000 items read (the
-  ReaderConfig MaxItems bound).
+  8 MB only where the ItemSelector shrinks it (ours passes the item whole beside the job, so 256 KiB,
+  the child's input, binds), at most 100,000,000 items (the highest ReaderConfig MaxItems).
 - Lambda: timeout at most 900 s, memory 128-10,240 MB, /tmp (ephemeral storage) 512-10,240 MB
   (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html;
   https://docs.aws.amazon.com/lambda/latest/dg/API_EphemeralStorage.html).
@@ -111,7 +111,7 @@ def test_the_chunk_manifest_of_2m_distinct_labels_fits_the_distributed_map(s3, t
     chunks = math.ceil(DISTINCT / steps.DEFAULT_CHUNK_SIZE)
     assert chunks == 4_000
     assert chunks * item < 2 * MIB, (chunks, item)
-    assert chunks * item < ITEM_READER_MAX_OBJECT and item < ITEM_READER_MAX_ITEM
+    assert chunks * item < ITEM_READER_MAX_OBJECT and item < min(ITEM_READER_MAX_ITEM, STATE_LIMIT)
     assert chunks < ITEM_READER_MAX_ITEMS
     # the child's input is the item plus the job (bounded by Validate; measured at every
     # transition in tests/test_workflow_limits.py); the item itself is a tiny share of 256 KiB

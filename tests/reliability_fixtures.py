@@ -174,9 +174,12 @@ class ServeProcess:
         if self.process.poll() is None:
             self.process.wait(timeout=10)
         # chroma and nginx run in sessions of their own: if serve could not stop them, do it here.
+        # Once serve's stderr is read to its end, a pid it never reported (it failed before starting
+        # that child) is not waited for.
+        stderr_read = len(self._threads) == 2 and not self._threads[1].is_alive()
         for what in ("chroma", "auth proxy"):
             try:
-                pid = self.pid_of(what)
+                pid = self.pid_of(what, timeout=0.0 if stderr_read else 10.0)
             except AssertionError:
                 continue
             if pid_alive(pid):

@@ -288,3 +288,46 @@ def test_a_refused_token_is_not_echoed_in_errors(target: Target, caplog) -> None
     for text in [*messages, caplog.text]:
         for token in (wrong, READ, ADMIN):
             assert token.lower() not in text.lower()
+
+
+def test_a_warm_query_container_keeps_few_task_clients_and_lets_the_others_connections_go(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each execution's task has a URL of its own; a container that served many keeps at most
+    MAX_CLIENTS clients, so the sockets of tasks long gone do not pile up toward Lambda's 1,024
+    file descriptors. An evicted task's client is closed and its sockets are released; asking
+    for that URL again gives a new, working client."""
+    import gc
+
+    from ontosearch.workflow import chroma_access
+
+    def sockets() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                link = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:"):
+                found.add(link)
+        return found
+
+    monkeypatch.setattr(chroma_access, "MAX_CLIENTS", 1)
+    chroma_access.forget_clients()
+    # two names of the one local task stand for the tasks of two executions
+    first_url, second_url = f"http://localhost:{target.port}", f"http://127.0.0.1:{target.port}"
+    before = sockets()
+    first = chroma_access.client_for(first_url, READ)
+    assert chroma_access.client_for(first_url, READ) is first  # cached while it is kept
+    first.get_collection(COLLECTION).count()
+    first_sockets = sockets() - before
+    assert first_sockets  # its connection to the task is open
+    del first
+    second = chroma_access.client_for(second_url, READ)
+    second.get_collection(COLLECTION).count()
+    gc.collect()
+    assert list(chroma_access._clients) == [(second_url, READ)]
+    assert not first_sockets & sockets(), "the evicted task's connection is still open"
+    again = chroma_access.client_for(first_url, READ)
+    assert again.get_collection(COLLECTION).count() == RECORDS
+    chroma_access.forget_clients()

@@ -23,6 +23,11 @@ from ontosearch.workflow.errors import ChromaAuthError, ChromaUnavailableError
 COLLECTIONS_PATH = "/api/v2/tenants/default_tenant/databases/default_database/collections"
 _clients: dict[tuple[str, str], Any] = {}
 _lock = threading.Lock()
+# Clients kept, most recently used last. Every execution has a task of its own (a new URL), and a
+# warm container may serve chunks of many executions: a client kept for each would hold its
+# connection's file descriptor after the task is gone, and a Lambda execution environment has
+# 1,024 file descriptors (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
+MAX_CLIENTS = 4
 
 
 def check_access(url: str, token: str, timeout: float = 10.0) -> None:
@@ -49,7 +54,9 @@ def client_for(url: str, token: str) -> Any:
     """A chromadb HttpClient through the proxy, created once per (url, token) after a checked read."""
     key = (url, token)
     with _lock:
-        cached = _clients.get(key)
+        cached = _clients.pop(key, None)
+        if cached is not None:
+            _clients[key] = cached  # now the most recently used
     if cached is not None:
         return cached
     check_access(url, token)
@@ -65,7 +72,26 @@ def client_for(url: str, token: str) -> Any:
         )
     with _lock:
         _clients[key] = client
+        evicted = [_clients.pop(next(iter(_clients))) for _ in range(len(_clients) - MAX_CLIENTS)]
+    for old in evicted:
+        _close(old)
     return client
+
+
+def _close(client: Any) -> None:
+    """Release an evicted client's connections now.
+
+    Client.close only gives back chromadb's reference to the client's system, whose HTTP session
+    stays open while anything still refers to it (a cached matcher does, until it is replaced).
+    Every chromadb HttpClient has a system and a session of its own (its identifier is a fresh
+    uuid4: chromadb/api/shared_system_client.py), so closing the session here touches no other client.
+    """
+    with contextlib.suppress(Exception):
+        client.close()
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if session is not None:
+        with contextlib.suppress(Exception):
+            session.close()
 
 
 def forget_clients() -> None:

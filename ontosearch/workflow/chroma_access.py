@@ -1,10 +1,10 @@
 """How the query step reaches the task's Chroma: token from Secrets Manager, errors sorted by retry policy.
 
 A Lambda container serves many chunks, so the client is cached per container (the token is
-read once by ontosearch.connect.token_from_secret). Errors are translated into the workflow's
-names: a refused token is a configuration mistake (ChromaAuthError, not retried); a proxy that
-does not answer or answers 5xx is transient (ChromaUnavailableError, retried with backoff by the
-state machine).
+read once by ontosearch.connect.token_from_secret), for the last MAX_CLIENTS task URLs it served.
+Errors are translated into the workflow's names: a refused token is a configuration mistake
+(ChromaAuthError, not retried); a proxy that does not answer or answers 5xx is transient
+(ChromaUnavailableError, retried with backoff by the state machine).
 """
 
 from __future__ import annotations

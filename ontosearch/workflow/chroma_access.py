@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from ontosearch.constants import TOKEN_HEADER
 from ontosearch.workflow.errors import ChromaAuthError, ChromaUnavailableError
 
 COLLECTIONS_PATH = "/api/v2/tenants/default_tenant/databases/default_database/collections"
-_clients: dict[tuple[str, str], Any] = {}
+_clients: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _lock = threading.Lock()
 # Clients kept, most recently used last. Every execution has a task of its own (a new URL), and a
 # warm container may serve chunks of many executions: a client kept for each would hold its
@@ -54,9 +55,9 @@ def client_for(url: str, token: str) -> Any:
     """A chromadb HttpClient through the proxy, created once per (url, token) after a checked read."""
     key = (url, token)
     with _lock:
-        cached = _clients.pop(key, None)
+        cached = _clients.get(key)
         if cached is not None:
-            _clients[key] = cached  # now the most recently used
+            _clients.move_to_end(key)
     if cached is not None:
         return cached
     check_access(url, token)
@@ -72,7 +73,7 @@ def client_for(url: str, token: str) -> Any:
         )
     with _lock:
         _clients[key] = client
-        evicted = [_clients.pop(next(iter(_clients))) for _ in range(len(_clients) - MAX_CLIENTS)]
+        evicted = [_clients.popitem(last=False)[1] for _ in range(len(_clients) - MAX_CLIENTS)]
     for old in evicted:
         _close(old)
     return client
@@ -96,7 +97,10 @@ def _close(client: Any) -> None:
 
 def forget_clients() -> None:
     with _lock:
+        forgotten = list(_clients.values())
         _clients.clear()
+    for old in forgotten:
+        _close(old)
 
 
 @contextlib.contextmanager

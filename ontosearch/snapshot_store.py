@@ -192,14 +192,26 @@ def check_missing(s3: Any, store: SnapshotStore, key: str, exc: BaseException) -
 
 
 def get_object_or_none(s3: Any, store: SnapshotStore, key: str) -> dict[str, Any] | None:
-    """GetObject of a snapshot key; None when it does not exist (404, or 403 and not listed)."""
-    try:
-        return s3.get_object(Bucket=store.bucket, Key=key)
-    except Exception as exc:
-        if not is_aws_error(exc):
-            raise
-        check_missing(s3, store, key, exc)
-        return None
+    """GetObject of a snapshot key; None when it does not exist (404, or 403 and not listed).
+
+    A 403 followed by a listing that shows the key is read once more before it counts as a refusal:
+    the key may have been written between the two calls (a restore polling while the first snapshot
+    is published). S3 is strongly consistent for reads after writes and for listings
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/Welcome.html#ConsistencyModel), so the
+    second read sees what the listing saw.
+    """
+    retried = False
+    while True:
+        try:
+            return s3.get_object(Bucket=store.bucket, Key=key)
+        except Exception as exc:
+            if not is_aws_error(exc):
+                raise
+            if not retried and _error_code(exc) in _DENIED and key_exists(s3, store, key):
+                retried = True
+                continue
+            check_missing(s3, store, key, exc)
+            return None
 
 
 def read_pointer(s3: Any, store: SnapshotStore) -> Pointer | None:

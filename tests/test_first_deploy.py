@@ -32,7 +32,13 @@ from ontosearch import restore
 from ontosearch.__main__ import COMMANDS
 from ontosearch.constants import CHROMA_CONTAINER, ENV_WORKFLOW_BUCKET, RESTORE_CONTAINER
 from ontosearch.restore import RestoreError, restore_from_s3
-from ontosearch.snapshot_store import SnapshotAccessError, StoreError, publish_snapshot
+from ontosearch.snapshot_store import (
+    SnapshotAccessError,
+    SnapshotStore,
+    StoreError,
+    publish_snapshot,
+    read_pointer,
+)
 from ontosearch.workflow.definition import restore_command_expression
 from ontosearch.workflow.errors import InvalidInputError
 
@@ -256,6 +262,24 @@ def test_a_waiting_restore_picks_up_a_snapshot_published_while_it_waits(aws, sna
     assert outcome["manifest"].version == version
     assert restore.read_restored_manifest(tmp_path / "data").version == version
     assert any(f"names {version} after" in line for line in lines)
+
+
+def test_a_pointer_published_between_the_denied_read_and_the_listing_is_read_not_refused(
+        aws, snapshot_pair) -> None:
+    """The race a waiting restore runs: its GetObject of LATEST is refused (no object yet, and the
+    task may not list without a prefix), the deployer publishes, and the listing then shows LATEST.
+    That is a snapshot to read, not a refusal."""
+    task = aws.s3("task")
+    published: list[str] = []
+
+    def publish_after_the_first_refusal(parsed: dict[str, Any], **_: Any) -> None:
+        if not published and parsed.get("Error", {}).get("Code") == "AccessDenied":
+            published.append(_publish(aws, snapshot_pair[0]))
+
+    task.meta.events.register_last("after-call.s3.GetObject", publish_after_the_first_refusal)
+    pointer = read_pointer(task, SnapshotStore(aws.bucket))
+    assert published, "the first read was not refused: the race was not staged"
+    assert pointer is not None and pointer.version == published[0]
 
 
 def test_a_pinned_version_is_not_waited_for(aws, tmp_path) -> None:

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -221,6 +223,87 @@ def bench_annotate(labels: list[str], ontology: str, store: Path, repeat: int,
     ]
 
 
+def matmul_flops(embedder: Any, texts: list[str]) -> tuple[float, int]:
+    """(FLOPs of the encoder's matrix products, padded tokens) to embed the distinct `texts`.
+
+    Counted over the tokens the embedder's own batches carry (padding included), per token and layer:
+    the four attention projections (4 h^2 multiply-adds), the two feed-forward products (2 h i) and
+    the attention scores and their weighted sum (2 w h, w the batch's token width), two FLOPs per
+    multiply-add; h, i and the layer count from the model's config.json. Norms, GELU, softmax and
+    the embedding lookup are left out, so the figure is a floor on the work, not an estimate of it.
+    """
+    config = json.loads((embedder.model_dir / "config.json").read_text())
+    h, inner, layers = (int(config[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    encoded = embedder.tokenizer.encode(list(dict.fromkeys(texts)))
+    lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
+    order = np.argsort(lengths, kind="stable")
+    flops, tokens = 0.0, 0
+    for batch in embedder._batches(lengths[order], order):
+        width = int(lengths[batch[-1]])
+        tokens += len(batch) * width
+        flops += len(batch) * width * layers * 2 * (4 * h * h + 2 * h * inner + 2 * width * h)
+    return flops, tokens
+
+
+def matmul_peak(hidden: int, inner: int, rows: int = 1536, seconds: float = 2.0) -> float:
+    """This machine's float32 matrix-product rate now (FLOP/s): onnxruntime's MatMul of a (rows, hidden)
+    input by a (hidden, inner) weight, the model's feed-forward shape, run the way the ONNX embedder
+    runs its batches (a single-thread session, one call per core at once)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.random((hidden, inner), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, inner])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.random((rows, hidden), dtype=np.float32)
+    session.run(None, {"x": x})
+    cores = cpu_count()
+    calls = [0] * cores
+
+    def work(slot: int) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            session.run(None, {"x": x})
+            calls[slot] += 1
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(cores) as pool:
+        list(pool.map(work, range(cores)))
+    return sum(calls) * 2 * rows * hidden * inner / (time.perf_counter() - started)
+
+
+def bench_floor(labels: list[str], embedded: dict[str, Any] | None) -> dict[str, Any]:
+    """How fast float32 embedding could be on this machine today, from its matrix-product peak."""
+    embedder = onnx_embedder(DEFAULT_EMBEDDER, minilm_dir(), "mean", 256)
+    config = json.loads((embedder.model_dir / "config.json").read_text())
+    flops, tokens = matmul_flops(embedder, labels)
+    peak = matmul_peak(int(config["hidden_size"]), int(config["intermediate_size"]))
+    distinct = len(set(labels))
+    floor = flops / peak
+    result = {"what": "float32 floor", "distinct_texts": distinct, "padded_tokens": tokens,
+              "matmul_gflop": round(flops / 1e9, 1), "matmul_peak_gflops": round(peak / 1e9, 1),
+              "floor_s": round(floor, 2), "ceiling_texts_per_s": round(distinct / floor)}
+    print(f"float32 floor: {flops / 1e9:.0f} GFLOP of matrix products for {distinct} distinct texts "
+          f"({tokens} tokens); MatMul peak now {peak / 1e9:.0f} GFLOP/s on {cpu_count()} cores: embedding "
+          f"takes at least {floor:.2f} s (at most {distinct / floor:.0f} texts/s, {len(labels) / floor:.0f} "
+          "rows/s with nothing else to do)", flush=True)
+    if embedded is not None:
+        share = floor / embedded["wall_s"]
+        result["onnx_share_of_peak"] = round(share, 3)
+        print(f"  the ONNX backend above ran at {share:.0%} of that peak", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, default=10_000)
@@ -236,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the project default); a store of its own under the cache unless --store")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--skip", default="",
-                        help="comma list: plain (sentence-transformers), embedders, annotate")
+                        help="comma list: plain (sentence-transformers), embedders, floor (the float32 "
+                             "matrix-product floor), annotate")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     os.environ.pop(ENV_BACKEND, None)
@@ -251,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     if "embedders" not in skip:
         results += bench_embedders(labels, args.repeat, plain_too="plain" not in skip)
+    if "floor" not in skip:
+        onnx_line = next((r for r in results if r["what"].startswith("embedder: ontosearch ONNX")), None)
+        results.append(bench_floor(labels, onnx_line))
     if "annotate" not in skip:
         suffix = f"-{args.embedder}" if args.embedder and args.embedder != DEFAULT_EMBEDDER else ""
         store = args.store or cache_dir() / f"bench-throughput-store{suffix}"

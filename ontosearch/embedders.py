@@ -4,8 +4,9 @@ A snapshot records its embedder's `spec()`; a query embeds with the embedder of 
 both sides come from the same model, pooling and normalisation. Every embedder:
 
 - returns float32, L2-normalised rows, so cosine similarity is a dot product;
-- embeds each distinct text once per call, and remembers recent vectors across calls (annotation input
-  repeats itself, also across the chunks a large file is read in);
+- embeds each distinct text once per call (a transformer: each distinct sequence of token ids, so
+  "Activated T-Cells" and "activated t-cells" run once), and remembers recent vectors across calls
+  (annotation input repeats itself, also across the chunks a large file is read in);
 - tokenizes everything first and batches texts of similar token length together, so batches carry
   little padding (the largest single win on short labels);
 - never downloads: models come from a package (MiniLM), a local Hugging Face cache or a local directory.
@@ -259,10 +260,18 @@ class TransformerEmbedder(Embedder):
         """Last hidden state, float32 (batch, tokens, hidden)."""
 
     def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
-        encoded = self.tokenizer.encode(texts)
+        # Texts that differ only where the tokenizer does not look (case and accents for an uncased
+        # model, spacing around punctuation) have the same token ids, so the same vector: each
+        # sequence of ids runs through the model once.
+        sequences: dict[tuple[int, ...], int] = {}
+        inverse = np.fromiter(
+            (sequences.setdefault(tuple(ids), len(sequences)) for ids in self.tokenizer.encode(texts)),
+            dtype=np.int64, count=len(texts),
+        )
+        encoded = [list(ids) for ids in sequences]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        out = np.empty((len(encoded), self.dimensions), dtype=np.float32)
 
         def run(idx: np.ndarray) -> np.ndarray:
             width = int(lengths[idx[-1]])
@@ -287,7 +296,9 @@ class TransformerEmbedder(Embedder):
             for idx in finished:
                 if bar is not None:
                     bar.update(len(idx))
-        return out
+        if bar is not None:
+            bar.update(len(texts) - len(encoded))
+        return out[inverse]
 
     def _batches(self, sorted_lengths: np.ndarray, order: np.ndarray) -> list[np.ndarray]:
         """Split texts sorted by token count into batches that carry little padding.

@@ -73,6 +73,31 @@ def _spy(monkeypatch: pytest.MonkeyPatch, embedder: embedders.Embedder) -> list[
     return calls
 
 
+def test_texts_the_tokenizer_reads_alike_run_through_the_model_once(
+        torch_minilm: embedders.Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniLM's tokenizer is uncased and splits punctuation off: these four have one id sequence."""
+    alike = ["Activated T-Cells", "activated t-cells", "ACTIVATED T - CELLS", "activated  t -cells"]
+    other = "resting T cells"
+    assert len({tuple(ids) for ids in torch_minilm.tokenizer.encode(alike)}) == 1
+    rows: list[int] = []
+    real = torch_minilm._forward
+
+    def counting(input_ids: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        rows.append(len(input_ids))
+        return real(input_ids, *rest)
+
+    monkeypatch.setattr(torch_minilm, "_forward", counting)
+    torch_minilm.clear_cache()
+    vectors = torch_minilm.embed([*alike, other])
+    assert sum(rows) == 2
+    for i in range(1, len(alike)):
+        np.testing.assert_array_equal(vectors[i], vectors[0])
+    torch_minilm.clear_cache()
+    np.testing.assert_allclose(torch_minilm.embed([alike[2]])[0], vectors[0], atol=1e-5)
+    np.testing.assert_allclose(torch_minilm.embed([other])[0], vectors[-1], atol=1e-5)
+    assert float(vectors[0] @ vectors[-1]) < 0.99
+
+
 def test_default_embedder_is_minilm_with_the_documented_spec(isolated: pytest.MonkeyPatch) -> None:
     embedder = get_embedder()
     assert embedder is get_embedder(constants.DEFAULT_EMBEDDER)  # loaded once per process

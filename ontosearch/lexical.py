@@ -365,6 +365,10 @@ def cache_directory() -> Path:
 
 _INDEXES: OrderedDict[str, LexicalIndex] = OrderedDict()
 _LOCK = threading.Lock()
+# One lock per index being built, so callers arriving during a build wait for it instead of
+# building the same index again (the local workflow runs several query Lambdas as threads of one
+# process, and each used to build CL's index at the same time: four builds of about 1 s each).
+_BUILDING: dict[str, threading.Lock] = {}
 
 
 def index_for(collection: Any) -> LexicalIndex:
@@ -372,16 +376,29 @@ def index_for(collection: Any) -> LexicalIndex:
 
     Keyed by the collection's id: a rebuilt collection is a new collection with a new id, so a
     kept index (or the records kept in `cache_directory()`) never answers for records it was not
-    built from.
+    built from. Threads asking for the same index at once share one build; other indexes are
+    served meanwhile.
     """
     key = f"{collection.id}:{collection.name}"
     with _LOCK:
         if key in _INDEXES:
             _INDEXES.move_to_end(key)
             return _INDEXES[key]
-    built = LexicalIndex.from_collection(collection, cache_directory())
-    with _LOCK:
-        _INDEXES[key] = built
-        while len(_INDEXES) > CACHED_INDEXES:
-            _INDEXES.popitem(last=False)
+        building = _BUILDING.setdefault(key, threading.Lock())
+    with building:
+        with _LOCK:
+            if key in _INDEXES:  # built by the thread this one waited for
+                _INDEXES.move_to_end(key)
+                return _INDEXES[key]
+        try:
+            built = LexicalIndex.from_collection(collection, cache_directory())
+        except BaseException:
+            with _LOCK:
+                _BUILDING.pop(key, None)
+            raise
+        with _LOCK:  # kept and no longer building in one step: no caller finds neither
+            _INDEXES[key] = built
+            _BUILDING.pop(key, None)
+            while len(_INDEXES) > CACHED_INDEXES:
+                _INDEXES.popitem(last=False)
     return built

@@ -4,6 +4,10 @@ read-token client through the real auth proxy) for the channel as the matcher us
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +15,7 @@ import chromadb
 import numpy as np
 import pytest
 
+from ontosearch import lexical
 from ontosearch.embedders import ENV_CACHE_DIR
 from ontosearch.indexing import collection_name, index_ontology
 from ontosearch.lexical import CACHED_FILES, Fit, LexicalIndex, cache_directory, equivalences, index_for
@@ -271,6 +276,35 @@ def test_the_index_is_built_once_per_collection(tmp_path: Path) -> None:
     collection = client.get_collection(collection_name("uberon", "v1"))
     assert index_for(collection) is index_for(client.get_collection(collection.name))
     assert len(index_for(collection)) == collection.count()  # every label, synonym and alias record
+
+
+def test_threads_asking_for_one_index_at_once_share_one_build(tmp_path: Path, monkeypatch) -> None:
+    """The local workflow's query Lambdas are threads of one process: their first chunks arrive
+    together, and the index must be read from Chroma and built once, not once per thread."""
+    client = chromadb.PersistentClient(path=str(tmp_path / "store"))
+    index_ontology(client, SMALL, FixedEmbedder(), progress=False)
+    reads = CountingReads(client.get_collection(collection_name("uberon", "v1")))
+    monkeypatch.setattr(lexical, "_INDEXES", OrderedDict())
+    builds: list[str] = []
+    real = LexicalIndex.from_collection.__func__
+    start = threading.Barrier(4)
+
+    def slow_build(cls: type, collection: Any, cache: Path | None = None) -> LexicalIndex:
+        builds.append(threading.current_thread().name)
+        time.sleep(0.3)  # a build of a large ontology takes seconds: the others arrive meanwhile
+        return real(cls, collection, cache)
+
+    monkeypatch.setattr(LexicalIndex, "from_collection", classmethod(slow_build))
+
+    def ask(_: int) -> LexicalIndex:
+        start.wait()
+        return index_for(reads)
+
+    with ThreadPoolExecutor(4) as pool:
+        indexes = list(pool.map(ask, range(4)))
+    assert len(builds) == 1 and reads.gets == 1
+    assert all(index is indexes[0] for index in indexes)
+    assert not lexical._BUILDING
 
 
 READ_TOKEN, ADMIN_TOKEN = "lexicalread0123456789", "lexicaladmin0123456789"

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -453,25 +454,27 @@ def query_chunk(
 
 # Matchers kept by a warm container between chunks, per (client, ontology, embedder, thread):
 # labels repeated across chunks and records fetched for earlier chunks cost nothing again.
+# The local runner calls handlers on several threads at once, so the dict is only touched under a lock.
 _MATCHERS: dict[tuple[int, str, str, int], Any] = {}
 _MAX_MATCHERS = 4
+_MATCHERS_LOCK = threading.Lock()
 
 
 def _match(labels: list[str], job: dict[str, Any], client: Any, embedder: Any) -> list[list[Any]]:
-    import threading
-
     from ontosearch.matcher import Matcher, MatcherError
     from ontosearch.workflow.chroma_access import translate_client_errors
 
     key = (id(client), job["ontology"], getattr(embedder, "name", ""), threading.get_ident())
     try:
         with translate_client_errors():
-            matcher = _MATCHERS.get(key)
+            with _MATCHERS_LOCK:
+                matcher = _MATCHERS.get(key)
             if matcher is None or matcher.client is not client:
                 matcher = Matcher(client, job["ontology"], embedder=embedder)
-                while len(_MATCHERS) >= _MAX_MATCHERS:
-                    _MATCHERS.pop(next(iter(_MATCHERS)))
-                _MATCHERS[key] = matcher
+                with _MATCHERS_LOCK:
+                    while len(_MATCHERS) >= _MAX_MATCHERS:
+                        _MATCHERS.pop(next(iter(_MATCHERS)))
+                    _MATCHERS[key] = matcher
             return matcher.match(labels, top_k=int(job["top_k"]))
     except MatcherError as exc:
         raise ChunkQueryError(str(exc)) from None

@@ -223,22 +223,20 @@ def bench_annotate(labels: list[str], ontology: str, store: Path, repeat: int,
     ]
 
 
-def matmul_flops(embedder: Any, texts: list[str]) -> tuple[float, int]:
-    """(FLOPs of the encoder's matrix products, padded tokens) to embed the distinct `texts`.
+def matmul_flops(embedder: Any, texts: list[str], config: dict[str, Any]) -> tuple[float, int]:
+    """(FLOPs of the encoder's matrix products, padded tokens) to embed `texts`.
 
-    Counted over the tokens the embedder's own batches carry (padding included), per token and layer:
-    the four attention projections (4 h^2 multiply-adds), the two feed-forward products (2 h i) and
-    the attention scores and their weighted sum (2 w h, w the batch's token width), two FLOPs per
-    multiply-add; h, i and the layer count from the model's config.json. Norms, GELU, softmax and
-    the embedding lookup are left out, so the figure is a floor on the work, not an estimate of it.
+    Counted over what the embedder runs (`TransformerEmbedder.plan`: each distinct token sequence
+    once, in its batches, padding included), per token and layer: the four attention projections
+    (4 h^2 multiply-adds), the two feed-forward products (2 h i) and the attention scores and their
+    weighted sum (2 w h, w the batch's token width), two FLOPs per multiply-add; h, i and the layer
+    count from the model's `config` (its config.json). Norms, GELU, softmax and the embedding
+    lookup are left out, so the figure is a floor on the work, not an estimate of it.
     """
-    config = json.loads((embedder.model_dir / "config.json").read_text())
     h, inner, layers = (int(config[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
-    encoded = embedder.tokenizer.encode(list(dict.fromkeys(texts)))
-    lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
-    order = np.argsort(lengths, kind="stable")
+    _, lengths, batches, _ = embedder.plan(texts)
     flops, tokens = 0.0, 0
-    for batch in embedder._batches(lengths[order], order):
+    for batch in batches:
         width = int(lengths[batch[-1]])
         tokens += len(batch) * width
         flops += len(batch) * width * layers * 2 * (4 * h * h + 2 * h * inner + 2 * width * h)
@@ -286,7 +284,7 @@ def bench_floor(labels: list[str], embedded: dict[str, Any] | None) -> dict[str,
     """How fast float32 embedding could be on this machine today, from its matrix-product peak."""
     embedder = onnx_embedder(DEFAULT_EMBEDDER, minilm_dir(), "mean", 256)
     config = json.loads((embedder.model_dir / "config.json").read_text())
-    flops, tokens = matmul_flops(embedder, labels)
+    flops, tokens = matmul_flops(embedder, labels, config)
     peak = matmul_peak(int(config["hidden_size"]), int(config["intermediate_size"]))
     distinct = len(set(labels))
     floor = flops / peak

@@ -259,10 +259,14 @@ class TransformerEmbedder(Embedder):
                  ) -> np.ndarray:
         """Last hidden state, float32 (batch, tokens, hidden)."""
 
-    def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
-        # Texts that differ only where the tokenizer does not look (case and accents for an uncased
-        # model, spacing around punctuation) have the same token ids, so the same vector: each
-        # sequence of ids runs through the model once.
+    def plan(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray, list[np.ndarray], np.ndarray]:
+        """What embedding `texts` runs through the model: (the distinct token id sequences, their
+        lengths, the batches of sequence indexes, each text's sequence index).
+
+        Texts that differ only where the tokenizer does not look (case and accents for an uncased
+        model, spacing around punctuation) have the same token ids, so the same vector: each
+        sequence of ids runs through the model once.
+        """
         sequences: dict[tuple[int, ...], int] = {}
         inverse = np.fromiter(
             (sequences.setdefault(tuple(ids), len(sequences)) for ids in self.tokenizer.encode(texts)),
@@ -271,6 +275,10 @@ class TransformerEmbedder(Embedder):
         encoded = [list(ids) for ids in sequences]
         lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
         order = np.argsort(lengths, kind="stable")
+        return encoded, lengths, self._batches(lengths[order], order), inverse
+
+    def _embed_unique(self, texts: list[str], bar: Any) -> np.ndarray:
+        encoded, lengths, batches, inverse = self.plan(texts)
         out = np.empty((len(encoded), self.dimensions), dtype=np.float32)
 
         def run(idx: np.ndarray) -> np.ndarray:
@@ -284,7 +292,6 @@ class TransformerEmbedder(Embedder):
             out[idx] = _pool(self._forward(ids, mask, np.zeros_like(ids)), mask, self.pooling)
             return idx
 
-        batches = self._batches(lengths[order], order)
         workers = min(self.parallel_batches, len(batches))
         # Each batch writes its own rows of `out`; the bar advances as batches finish.
         with ExitStack() as stack:

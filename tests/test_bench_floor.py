@@ -3,6 +3,7 @@ embedder's batches carry, padding included."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,12 +23,14 @@ def _flops(texts: int, width: int) -> int:
     return texts * width * LAYERS * per_token_layer
 
 
-def test_the_floor_counts_the_padded_tokens_of_one_batch_and_each_distinct_text_once() -> None:
+def test_the_floor_counts_the_padded_tokens_of_one_batch_and_each_token_sequence_once() -> None:
     embedder = onnx_embedder(DEFAULT_EMBEDDER, minilm_dir(), "mean", 128)
     short, long = "hepatocyte", "CD4-positive, alpha-beta memory T cell of the lung"
     widths = [len(ids) for ids in embedder.tokenizer.encode([short, long])]
     assert widths[0] < widths[1]
-    flops, tokens = throughput.matmul_flops(embedder, [short, long, short])
-    # Two texts are fewer than a batch's minimum, so both ride in one batch as wide as the longer.
+    config = json.loads((embedder.model_dir / "config.json").read_text())
+    flops, tokens = throughput.matmul_flops(embedder, [short, long, short.upper()], config)
+    # "HEPATOCYTE" is "hepatocyte" to the uncased tokenizer: two sequences, fewer than a batch's
+    # minimum, so both ride in one batch as wide as the longer.
     assert tokens == 2 * widths[1]
     assert flops == _flops(2, widths[1])

@@ -119,9 +119,16 @@ def _policy(*statements: dict) -> str:
 
 def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: str | None = None,
                   region: str | None = None) -> str:
-    """Each step's S3 prefixes (and the query step's secret, decrypted via Secrets Manager); nothing else."""
+    """Each step's own S3 keys (and the query step's secret, decrypted via Secrets Manager); nothing else.
+
+    Under work/<execution>/ each step reaches only the objects it reads or writes (keys from
+    ontosearch.workflow.steps): Query cannot overwrite chunks or read a save request (which holds a
+    task token), Split cannot write parts, Save writes only its request.
+    """
     inputs = f"{bucket_arn}/{c.WORKFLOW_INPUT_PREFIX}*"
     work = f"{bucket_arn}/{c.WORKFLOW_WORK_PREFIX}*"
+    chunks, parts = f"{work}/{ws.CHUNKS_DIR}/*", f"{work}/{ws.PARTS_DIR}/*"
+    rows, manifest = f"{work}/{ws.ROWS_NAME}", f"{work}/{ws.CHUNK_MANIFEST_NAME}"
     results = f"{bucket_arn}/{c.WORKFLOW_RESULTS_PREFIX}*"
     snapshots = f"{bucket_arn}/{c.SNAPSHOT_PREFIX}/*"
     read = ["s3:GetObject"]
@@ -138,17 +145,20 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
         # upload_file of the row list and the chunk manifest goes multipart above 8 MiB (a large
         # input); a failed one is aborted (the mpuAndPermissions page below)
         "split": [{"Sid": "ReadInputs", "Effect": "Allow", "Action": read, "Resource": inputs},
-                  {"Sid": "WriteChunks", "Effect": "Allow", "Action": [*write, "s3:AbortMultipartUpload"],
-                   "Resource": work}],
-        "query": [{"Sid": "ReadWriteWork", "Effect": "Allow", "Action": [*read, *write], "Resource": work},
+                  {"Sid": "WriteChunksRowsAndManifest", "Effect": "Allow",
+                   "Action": [*write, "s3:AbortMultipartUpload"], "Resource": [chunks, rows, manifest]}],
+        "query": [{"Sid": "ReadChunks", "Effect": "Allow", "Action": read, "Resource": chunks},
+                  {"Sid": "WriteParts", "Effect": "Allow", "Action": write, "Resource": parts},
                   {"Sid": "ReadToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
                    "Resource": token_secret_arn}],
         # upload_file of the merged output goes multipart above 8 MiB; a failed one is aborted
         # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/mpuoverview.html#mpuAndPermissions)
-        "merge": [{"Sid": "ReadParts", "Effect": "Allow", "Action": read, "Resource": work},
+        "merge": [{"Sid": "ReadManifestRowsAndParts", "Effect": "Allow", "Action": read,
+                   "Resource": [manifest, rows, parts]},
                   {"Sid": "WriteResults", "Effect": "Allow", "Action": [*write, "s3:AbortMultipartUpload"],
                    "Resource": results}],
-        "save": [{"Sid": "WriteSaveRequest", "Effect": "Allow", "Action": write, "Resource": work}],
+        "save": [{"Sid": "WriteSaveRequest", "Effect": "Allow", "Action": write,
+                  "Resource": f"{work}/{c.SAVE_REQUEST_NAME}"}],
     }[step]
     if step == "query" and key_arn:
         statements.append(decrypt_secrets_statement(key_arn, str(region)))

@@ -193,23 +193,23 @@ def test_a_long_stack_name_still_gives_a_valid_state_machine_name() -> None:
     assert re.fullmatch(r"[A-Za-z0-9_-]+", state_machine_name("my.project", "team/dev"))
 
 
-def test_each_lambda_reads_and_writes_only_its_prefixes_and_only_query_reads_the_secret(stack) -> None:
+def test_each_lambda_reads_and_writes_only_its_own_objects_and_only_query_reads_the_secret(stack) -> None:
     _, result = stack
     bucket = arn(result, "aws:s3/bucket:Bucket")
     read_secret = arn(result, "aws:secretsmanager/secret:Secret", "tokens-read")
+    work = f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"  # each execution's folder
     allowed = {
         "validate": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
                      ("s3:GetObject", f"{bucket}/{c.SNAPSHOT_PREFIX}/*"),
                      ("s3:ListBucket", bucket)},
         "split": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_INPUT_PREFIX}*"),
-                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
-                  ("s3:AbortMultipartUpload", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
-        "query": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
-                  ("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
-        "merge": {("s3:GetObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*"),
+                  *((action, f"{work}/{key}") for action in ("s3:PutObject", "s3:AbortMultipartUpload")
+                    for key in ("chunks/*", "rows.jsonl", "chunks.jsonl"))},
+        "query": {("s3:GetObject", f"{work}/chunks/*"), ("s3:PutObject", f"{work}/parts/*")},
+        "merge": {*(("s3:GetObject", f"{work}/{key}") for key in ("chunks.jsonl", "rows.jsonl", "parts/*")),
                   ("s3:PutObject", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*"),
                   ("s3:AbortMultipartUpload", f"{bucket}/{c.WORKFLOW_RESULTS_PREFIX}*")},
-        "save": {("s3:PutObject", f"{bucket}/{c.WORKFLOW_WORK_PREFIX}*")},
+        "save": {("s3:PutObject", f"{work}/{c.SAVE_REQUEST_NAME}")},
     }
     query_env = result.one(FUNCTION, "batch-query").raw_inputs["environment"]["variables"]
     for step in STEPS:

@@ -163,6 +163,32 @@ def test_every_grant_of_the_stack_policies_is_used_by_a_call(stack) -> None:
     assert not unused, "granted but no call needs it:\n" + "\n".join(unused)
 
 
+def test_each_lambda_reaches_only_the_work_objects_its_step_uses(stack) -> None:
+    """Under work/<execution>/ a step may read or write only the objects its own calls touch: the
+    query step cannot overwrite a chunk or read the save request (it holds a task token), the split
+    step cannot write a part, the save step writes its request and nothing else."""
+    from ontosearch.workflow import steps
+
+    e = m.EXECUTION
+    work_keys = [steps.chunk_key(e, 0), steps.part_key(e, 0), steps.rows_key(e), steps.chunk_manifest_key(e),
+                 steps.save_request_key(e), steps.chunk_failure_key(e),
+                 f"{steps.map_results_prefix(e)}/x/manifest.json"]
+    calls = m.lambda_calls(stack)
+    roles = {call.caller for call in calls if call.code.startswith("Lambda ")}
+    assert len(roles) == 5
+    problems = []
+    for role in roles:
+        used = {(a.action, a.resource) for call in calls if call.caller == role for a in call.authorizations}
+        for key in work_keys:
+            for action in ("s3:GetObject", "s3:PutObject"):
+                auth = m.Authorization(action, stack.obj(key), m.TLS)
+                expected = ALLOWED if (action, auth.resource) in used else "denied"
+                got = decide(stack, role, auth)
+                if (got == ALLOWED) != (expected == ALLOWED):
+                    problems.append(f"{role}: {action} {key}: {got}, expected {expected}")
+    assert not problems, "\n".join(problems)
+
+
 def test_roles_trust_only_their_service_of_this_account(stack) -> None:
     trusts = m.trust_calls(stack)
     assert {role for role, _, _ in trusts} == set(stack.roles)

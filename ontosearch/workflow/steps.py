@@ -63,6 +63,8 @@ MAX_TOP_K = 50
 MAX_INPUT_KEY_BYTES = 1024  # S3's own limit on a key (UTF-8 bytes)
 MAX_COLUMN_CHARS = 256
 MAX_SNAPSHOT_NAME_CHARS = 128
+CHUNKS_DIR = "chunks"  # work/<execution>/chunks/: Split writes, Query reads
+PARTS_DIR = "parts"  # work/<execution>/parts/: Query writes, Merge reads
 CHUNK_MANIFEST_NAME = "chunks.jsonl"
 ROWS_NAME = "rows.jsonl"
 MAP_RESULTS_NAME = "map-results"
@@ -105,11 +107,11 @@ def _execution(execution: Any) -> str:
 
 
 def chunk_key(execution: str, index: int) -> str:
-    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/chunks/{index:05d}.jsonl"
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{CHUNKS_DIR}/{index:05d}.jsonl"
 
 
 def part_key(execution: str, index: int) -> str:
-    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/parts/{index:05d}.jsonl"
+    return f"{WORKFLOW_WORK_PREFIX}{_execution(execution)}/{PARTS_DIR}/{index:05d}.jsonl"
 
 
 def chunk_manifest_key(execution: str) -> str:

@@ -254,8 +254,10 @@ def distributed_map_statements(state_machine_arn: str, bucket_arn: str) -> list[
 def state_machine_policy(cluster_arn: str, task_definition_arn: str, role_arns: Sequence[str],
                          function_arns: Sequence[str], *, state_machine_arn: str | None = None,
                          bucket_arn: str | None = None) -> str:
-    region_account = ":".join(cluster_arn.split(":")[3:5])
-    tasks_in_cluster = f"arn:aws:ecs:{region_account}:task/{_cluster_name(cluster_arn)}/*"
+    # the cluster's own partition, region and account (aws, aws-cn, aws-us-gov: ARN formats in
+    # https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html)
+    arn_head = ":".join(cluster_arn.split(":")[:5])
+    tasks_in_cluster = f"{arn_head}:task/{_cluster_name(cluster_arn)}/*"
     on_cluster = {"ArnEquals": {"ecs:cluster": cluster_arn}}
     return _policy(
         {"Sid": "RunTheBatchTask", "Effect": "Allow", "Action": "ecs:RunTask",

@@ -19,8 +19,12 @@ class StackKeyArgs:
     deletion_protection: bool = False
 
 
-def key_policy(account_id: str, region: str) -> str:
-    """Account (IAM) administers and grants use; CloudWatch Logs may use it for this account's log groups."""
+def key_policy(account_id: str, region: str, partition: str = "aws") -> str:
+    """Account (IAM) administers and grants use; CloudWatch Logs may use it for this account's log groups.
+
+    `partition` is the stack's (aws, aws-cn, aws-us-gov): ARNs name it
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html).
+    """
     return json.dumps({
         "Version": "2012-10-17",
         "Statement": [
@@ -29,7 +33,7 @@ def key_policy(account_id: str, region: str) -> str:
                 # in a key policy means this key only.
                 "Sid": "AccountAdministersThroughIam",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+                "Principal": {"AWS": f"arn:{partition}:iam::{account_id}:root"},
                 "Action": "kms:*",
                 "Resource": "*",
             },
@@ -40,8 +44,8 @@ def key_policy(account_id: str, region: str) -> str:
                 "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*",
                            "kms:Describe*"],
                 "Resource": "*",
-                "Condition": {"ArnLike": {
-                    "kms:EncryptionContext:aws:logs:arn": f"arn:aws:logs:{region}:{account_id}:log-group:*"}},
+                "Condition": {"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
+                                          f"arn:{partition}:logs:{region}:{account_id}:log-group:*"}},
             },
         ],
     })
@@ -67,12 +71,13 @@ class StackKey(pulumi.ComponentResource):
         invoke = pulumi.InvokeOutputOptions(parent=self)
         account_id = aws.get_caller_identity_output(opts=invoke).account_id
         region = aws.get_region_output(opts=invoke).region
+        partition = aws.get_partition_output(opts=invoke).partition
         key = aws.kms.Key(
             f"{name}-key",
             description=f"ontosearch {pulumi.get_stack()}: token secrets and logs",
             enable_key_rotation=True,
             deletion_window_in_days=30 if args.deletion_protection else 7,
-            policy=pulumi.Output.all(account_id, region).apply(lambda v: key_policy(v[0], v[1])),
+            policy=pulumi.Output.all(account_id, region, partition).apply(lambda v: key_policy(*v)),
             opts=pulumi.ResourceOptions(parent=self, protect=args.deletion_protection),
         )
         aws.kms.Alias(f"{name}-alias", name=f"alias/{pulumi.get_project()}-{pulumi.get_stack()}",

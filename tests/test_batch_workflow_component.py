@@ -310,3 +310,24 @@ def test_bad_workflow_config_names_the_key() -> None:
     with pytest.raises(ConfigError, match="ontosearch:readyTimeoutSeconds"):
         synth_with("dev", {"ontosearch:batchWorkflow": True, "ontosearch:readyTimeoutSeconds": 900,
                            "ontosearch:workflowTimeoutSeconds": 600})
+
+
+@pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
+def test_policies_name_the_partition_the_stack_is_in(partition) -> None:
+    """ARNs carry the partition (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference-arns.html):
+    a policy that names arn:aws: resources grants nothing in aws-cn or aws-us-gov."""
+    from components.batch_workflow import state_machine_arn_in, state_machine_policy
+    from components.encryption import key_policy
+
+    head = f"arn:{partition}:ecs:cn-north-1:123456789012"
+    cluster = f"{head}:cluster/c1"
+    policy = state_machine_policy(
+        cluster, f"{head}:task-definition/fam:3",
+        [f"arn:{partition}:iam::123456789012:role/r"],
+        [f"arn:{partition}:lambda:cn-north-1:123456789012:function:f"],
+        state_machine_arn=state_machine_arn_in(cluster, "m"),
+        bucket_arn=f"arn:{partition}:s3:::b")
+    key = key_policy("123456789012", "cn-north-1", partition)
+    for document in (policy, key):
+        arns = re.findall(r'"(arn:[^"]*)"', document)
+        assert arns and all(a.startswith(f"arn:{partition}:") for a in arns), arns

@@ -165,6 +165,22 @@ def lambda_policy(step: str, bucket_arn: str, token_secret_arn: str, key_arn: st
     return _policy(*statements)
 
 
+def lambda_image_pull_policy(partition: str, region: str, account_id: str) -> str:
+    """The Lambda image repository's policy: the Lambda service pulls the image for this account's
+    functions in this region. Without it CreateFunction succeeds only when the deployer may
+    ecr:SetRepositoryPolicy (Lambda then writes such a statement itself, outside the stack), and
+    fails with "Lambda does not have permission to access the ECR image" otherwise
+    (https://docs.aws.amazon.com/lambda/latest/dg/images-create.html, "Amazon ECR permissions";
+    https://repost.aws/knowledge-center/lambda-ecr-image). The condition is the documented one."""
+    return _policy({
+        "Sid": "LambdaPullsTheImageForThisAccountsFunctions", "Effect": "Allow",
+        "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+        "Condition": {"StringLike": {
+            "aws:sourceArn": f"arn:{partition}:lambda:{region}:{account_id}:function:*"}},
+    })
+
+
 def batch_task_role_policy(bucket_arn: str) -> str:
     """The batch task: read snapshots (restore), poll its save request and publish new versions.
 
@@ -387,7 +403,8 @@ class BatchWorkflow(pulumi.ComponentResource):
             container_definitions=containers, opts=child)
 
         # --- Lambdas ------------------------------------------------------------------------------
-        image = args.lambda_image or self._build_lambda_image(name, args)
+        image_ready: list[pulumi.Resource] = []
+        image = args.lambda_image or self._build_lambda_image(name, args, image_ready)
         functions: dict[str, aws.lambda_.Function] = {}
         for step in STEPS:
             role = aws.iam.Role(
@@ -417,7 +434,8 @@ class BatchWorkflow(pulumi.ComponentResource):
                 logging_config={"log_format": "Text", "log_group": log_group.name},
                 # CreateFunction checks that the role may create the VPC network interfaces, and the
                 # function can be invoked once it exists: both need the role's policies in place first.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[vpc_access, step_policy]))
+                # It also checks that Lambda may pull the image: the repository's policy comes first.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[vpc_access, step_policy, *image_ready]))
 
         # --- state machine --------------------------------------------------------------------------
         settings_inputs = pulumi.Output.all(
@@ -460,11 +478,20 @@ class BatchWorkflow(pulumi.ComponentResource):
             "lambda_security_group_id": self.lambda_security_group_id,
         })
 
-    def _build_lambda_image(self, name: str, args: BatchWorkflowArgs) -> pulumi.Output[str]:
+    def _build_lambda_image(self, name: str, args: BatchWorkflowArgs,
+                            image_ready: list[pulumi.Resource]) -> pulumi.Output[str]:
         repo = aws.ecr.Repository(
             f"{name}-lambda", image_scanning_configuration={"scan_on_push": True},
             image_tag_mutability="MUTABLE", encryption_configurations=[{"encryption_type": "AES256"}],
             force_delete=not args.deletion_protection, opts=pulumi.ResourceOptions(parent=self))
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        pull_scope = pulumi.Output.all(aws.get_partition_output(opts=invoke).partition,
+                                       aws.get_region_output(opts=invoke).region,
+                                       aws.get_caller_identity_output(opts=invoke).account_id)
+        image_ready.append(aws.ecr.RepositoryPolicy(
+            f"{name}-lambda-pull", repository=repo.name,
+            policy=pull_scope.apply(lambda v: lambda_image_pull_policy(*v)),
+            opts=pulumi.ResourceOptions(parent=self)))
         auth = aws.ecr.get_authorization_token_output(
             registry_id=repo.registry_id, opts=pulumi.InvokeOutputOptions(parent=self))
         image = docker_build.Image(

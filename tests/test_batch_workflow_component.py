@@ -331,3 +331,34 @@ def test_policies_name_the_partition_the_stack_is_in(partition) -> None:
     for document in (policy, key):
         arns = re.findall(r'"(arn:[^"]*)"', document)
         assert arns and all(a.startswith(f"arn:{partition}:") for a in arns), arns
+
+
+def test_lambda_may_pull_the_image_it_was_built_into_for_this_accounts_functions_only(stack) -> None:
+    """CreateFunction of an image function needs the repository to let lambda.amazonaws.com pull it
+    (https://docs.aws.amazon.com/lambda/latest/dg/images-create.html): the stack's repository policy
+    allows it for this account's functions, and every function waits for that policy."""
+    from iam_evaluation import ALLOWED, Request, evaluate
+
+    _, result = stack
+    repo = result.one("aws:ecr/repository:Repository", "batch-lambda")
+    pull = result.one("aws:ecr/repositoryPolicy:RepositoryPolicy", "batch-lambda-pull")
+    assert pull.raw_inputs["repository"] == repo.state["name"]
+    document = json.loads(pull.raw_inputs["policy"])
+    region = result.one(FUNCTION, "batch-query").state["arn"].split(":")[3]
+    for step in STEPS:
+        function = result.one(FUNCTION, f"batch-{step}")
+        assert function.raw_inputs["imageUri"].startswith(repo.state["repositoryUrl"] + "@sha256:")
+        assert pull.urn in function.dependencies, step
+        for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"):
+            request = Request("", action, repo.state["arn"], {"aws:SourceArn": function.state["arn"]},
+                              service_principal="lambda.amazonaws.com")
+            assert evaluate(request, resource_policy=document) == ALLOWED, (step, action)
+    other = f"arn:aws:lambda:{region}:999999999999:function:x"
+    for source in (other, f"arn:aws:lambda:{region}:{MOCK_ACCOUNT}:layer:x"):
+        request = Request("", "ecr:BatchGetImage", repo.state["arn"], {"aws:SourceArn": source},
+                          service_principal="lambda.amazonaws.com")
+        assert evaluate(request, resource_policy=document) != ALLOWED, source
+    ours = other.replace("999999999999", MOCK_ACCOUNT)
+    writes = Request("", "ecr:PutImage", repo.state["arn"], {"aws:SourceArn": ours},
+                     service_principal="lambda.amazonaws.com")
+    assert evaluate(writes, resource_policy=document) != ALLOWED

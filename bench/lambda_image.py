@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,56 @@ MB = 1e6
 def runtime_stage() -> tuple[ip.Stage, ip.Platform]:
     stage = next(s for s in ip.stages(REPO / LAMBDA_DOCKERFILE, REPO) if s.name == "runtime")
     return stage, ip.platform_of(stage, PLATFORM)
+
+
+def runtime_stage_env() -> dict[str, str]:
+    """The runtime stage's ENV instructions, as the image carries them into every function."""
+    from dockerfile_parse import DockerfileParser
+
+    env, stage = {}, None
+    for instruction in DockerfileParser(str(REPO / LAMBDA_DOCKERFILE)).structure:
+        if instruction["instruction"] == "FROM":
+            stage = shlex.split(instruction["value"])[-1]
+        elif instruction["instruction"] == "ENV" and stage == "runtime":
+            for word in shlex.split(instruction["value"]):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+# What Lambda itself sets in a function's environment: the reserved and unreserved "defined runtime
+# environment variables" (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html).
+# HOME is not one of them, and Lambda runs the image's process as a sandbox user of its own, which a
+# Debian base has no /etc/passwd entry for: without HOME from the image, Python cannot find a home
+# directory (Path.home() raises RuntimeError) and only /tmp is writable.
+LAMBDA_DEFINED_ENV = {
+    "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EXECUTION_ENV": "",
+    "AWS_LAMBDA_FUNCTION_NAME": "batch-query-0123456", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+    "LANG": "en_US.UTF-8", "TZ": ":UTC", "PATH": "/usr/local/bin:/usr/bin/:/bin:/opt/bin",
+}
+# Run first in a child standing in for the function: the sandbox user has no passwd entry.
+NO_PASSWD_ENTRY = r"""
+import pwd
+def _no_entry(uid):
+    raise KeyError(f"getpwuid(): uid not found: {uid}")
+pwd.getpwuid = _no_entry
+"""
+
+
+def lambda_env(image_env: dict[str, str], paths: dict[str, Path]) -> dict[str, str]:
+    """A function's environment here: what Lambda defines, then the image's ENV, with the image's
+    paths (/var/task, /opt/..., /tmp) mapped to local directories by `paths` (longest prefix first)."""
+    def local(value: str) -> str:
+        for image_path in sorted(paths, key=len, reverse=True):
+            if value == image_path or value.startswith(image_path + "/"):
+                return str(paths[image_path]) + value[len(image_path):]
+        return value
+
+    env = {**LAMBDA_DEFINED_ENV, "PATH": os.environ.get("PATH", LAMBDA_DEFINED_ENV["PATH"])}
+    env.update({key: local(value) for key, value in image_env.items()})
+    env["LAMBDA_TASK_ROOT"] = local("/var/task")
+    return env
 
 
 def _download(url: str, into: Path) -> Path:
@@ -150,7 +201,7 @@ def image_layout(workdir: Path, revision: str | None) -> Path:
     return task
 
 
-CHILD = r"""
+CHILD = NO_PASSWD_ENTRY + r"""
 import json, os, sys, time
 started = float(os.environ["BENCH_PROCESS_START"])
 entered = time.time()
@@ -246,10 +297,14 @@ def measure_cold_start(workdir: Path, pins: list[str], runs: int, labels: int,
         with ChromaServer(data) as chroma, NginxProxy(chroma.port, read_token, admin_token) as proxy:
             event = {"job": job, "chunk": {"index": 0, "key": key, "first": 0, "labels": chunk_labels},
                      "execution": execution, "url": proxy.url}
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir), **aws,
-                   "PYTHONPATH": str(task), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-                   ENV_EMBEDDER_BUNDLES: str(bundles), c.ENV_TOKEN_SECRET_ARN: secret_arn,
-                   c.ENV_WORKFLOW_BUCKET: bucket, "ANONYMIZED_TELEMETRY": "False",
+            # The function's environment: Lambda's own variables and the image's ENV (its paths
+            # mapped here), no HOME but the image's, the sandbox user without a passwd entry (CHILD).
+            image_env = runtime_stage_env()
+            tmp = workdir / "lambda-tmp"
+            tmp.mkdir(exist_ok=True)
+            env = {**lambda_env(image_env, {"/var/task": task, image_env[ENV_EMBEDDER_BUNDLES]: bundles,
+                                            "/tmp": tmp}),
+                   **aws, c.ENV_TOKEN_SECRET_ARN: secret_arn, c.ENV_WORKFLOW_BUCKET: bucket,
                    "BENCH_EVENT": json.dumps(event)}
             for _ in range(runs):
                 env["BENCH_PROCESS_START"] = repr(time.time())

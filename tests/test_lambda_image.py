@@ -120,19 +120,47 @@ def test_project_image_context_has_its_own_ignore_file_too() -> None:
 
 # --- layout the code relies on -------------------------------------------------------------------
 
-def _runtime_env() -> dict[str, str]:
-    from dockerfile_parse import DockerfileParser
+def _bench():
+    import importlib.util
 
-    parser = DockerfileParser(str(ROOT / LAMBDA_DOCKERFILE))
-    env, stage = {}, None
-    for instruction in parser.structure:
-        if instruction["instruction"] == "FROM":
-            stage = shlex.split(instruction["value"])[-1]
-        elif instruction["instruction"] == "ENV" and stage == "runtime":
-            for word in shlex.split(instruction["value"]):
-                key, _, value = word.partition("=")
-                env[key] = value
-    return env
+    spec = importlib.util.spec_from_file_location("lambda_image_bench", ROOT / "bench" / "lambda_image.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _runtime_env() -> dict[str, str]:
+    return _bench().runtime_stage_env()
+
+
+def test_a_function_without_a_passwd_entry_finds_home_and_caches_under_tmp(tmp_path: Path) -> None:
+    """Lambda defines no HOME and runs the image as a sandbox user the Debian base has no passwd
+    entry for (bench/lambda_image.py LAMBDA_DEFINED_ENV, from the Lambda guide's environment
+    variables page); only /tmp is writable. With just what Lambda and the image's ENV set, the query
+    step's imports (chromadb's HTTP client reads the home directory on import) and its lexical-index
+    cache work, and the cache lands under /tmp."""
+    import subprocess
+    import sys
+
+    bench = _bench()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = bench.lambda_env(_runtime_env(), {"/var/task": ROOT, "/tmp": tmp})
+    child = bench.NO_PASSWD_ENTRY + (
+        "import chromadb, pathlib\n"
+        "from lambdas import query  # noqa: F401\n"
+        "from ontosearch.lexical import cache_directory\n"
+        "d = cache_directory(); d.mkdir(parents=True, exist_ok=True); (d / 'probe').write_text('x')\n"
+        "print(d)\n")
+    done = subprocess.run([sys.executable, "-c", child], env=env, cwd=tmp, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert Path(done.stdout.strip().splitlines()[-1]).is_relative_to(tmp)
+    # the rule this stands in for holds: without the image's HOME the same imports fail
+    bare = {k: v for k, v in env.items() if k != "HOME"}
+    done = subprocess.run([sys.executable, "-c", child], env=bare, cwd=tmp, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "Could not determine home directory" in done.stderr
 
 
 def test_runtime_stage_points_the_embedder_at_the_bundles_the_export_stage_wrote() -> None:
@@ -154,7 +182,6 @@ def test_query_handler_answers_a_chunk_with_exactly_the_runtime_stage_packages(t
     same versions); the handlers laid out as in the image answer a real chunk through nginx from a real
     `chroma run`. A module the query path imports, even lazily, that the image lacks fails here."""
     import csv
-    import importlib.util
     import io
     import json
 
@@ -164,9 +191,7 @@ def test_query_handler_answers_a_chunk_with_exactly_the_runtime_stage_packages(t
     why = ip.pypi_reachable()
     if why:
         pytest.skip(f"the runtime venv is installed from PyPI: {why}")
-    spec = importlib.util.spec_from_file_location("lambda_image_bench", ROOT / "bench" / "lambda_image.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
     stage, platform = bench.runtime_stage()
     resolution = ip.resolve([ROOT / r for r in stage.requirements], platform)
     assert resolution.ok, resolution.message

@@ -242,7 +242,8 @@ def distributed_map_statements(state_machine_arn: str, bucket_arn: str) -> list[
     From "IAM policies for using Distributed Map states"
     (https://docs.aws.amazon.com/step-functions/latest/dg/iam-policies-eg-dist-map.html):
     StartExecution on the machine itself (child executions are executions of this machine) and
-    DescribeExecution/StopExecution on them (ARNs execution:<machine>/<map run label>:<id>);
+    DescribeExecution/StopExecution on them (ARNs execution:<machine>/<map run label>:<id>) and on
+    the executions the page names (execution:<machine>:*);
     s3:GetObject on the ItemReader's object; for the ResultWriter s3:PutObject with the multipart
     actions it uses (s3:GetObject, s3:ListMultipartUploadParts, s3:AbortMultipartUpload) on its
     prefix. The children's RecordChunkFailure and the parent's ReadChunkFailure put and get one
@@ -254,9 +255,12 @@ def distributed_map_statements(state_machine_arn: str, bucket_arn: str) -> list[
     return [
         {"Sid": "StartItsChildExecutions", "Effect": "Allow", "Action": "states:StartExecution",
          "Resource": state_machine_arn},
+        # The page's policy names execution:<machine>:* (the form of this machine's own executions);
+        # child executions are execution:<machine>/<label>:<id>, which that pattern does not match.
+        # Both, so neither form of the call is refused.
         {"Sid": "DescribeAndStopItsChildExecutions", "Effect": "Allow",
          "Action": ["states:DescribeExecution", "states:StopExecution"],
-         "Resource": f"{arn_head}:execution:{machine}/*"},
+         "Resource": [f"{arn_head}:execution:{machine}/*", f"{arn_head}:execution:{machine}:*"]},
         {"Sid": "ReadTheChunkManifest", "Effect": "Allow", "Action": "s3:GetObject",
          "Resource": f"{work}/{ws.CHUNK_MANIFEST_NAME}"},
         {"Sid": "WriteTheMapRunResults", "Effect": "Allow",

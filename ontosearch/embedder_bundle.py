@@ -63,6 +63,20 @@ def find_bundle(name: str, root: Path | None = None) -> Path | None:
     return path
 
 
+def bundled_names(root: Path | None = None) -> list[str]:
+    """Names of the embedders with a bundle under `root` (default: the env setting), sorted."""
+    root = root if root is not None else bundles_root()
+    if root is None or not root.is_dir():
+        return []
+    names = []
+    for meta in root.glob(f"*/{BUNDLE_FILE}"):
+        try:
+            names.append(str(json.loads(meta.read_text())["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(names)
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     meta_path = path / BUNDLE_FILE
     missing = [n for n in (BUNDLE_FILE, MODEL_FILE, TOKENIZER_FILE) if not (path / n).is_file()]

@@ -434,10 +434,15 @@ def _distributed_map(
     # child executions are named <machine>/<the Map's Label, else its state name>:<id>
     label = state.get("Label", name)
     child = f"arn:aws:states:{stack.region}:{stack.account}:execution:{machine}/{label}:{TASK_ID}"
+    # the page's own policy grants Describe/Stop on execution:<machine>:* (this machine's executions)
+    parent = f"arn:aws:states:{stack.region}:{stack.account}:execution:{machine}:{EXECUTION}"
+    documented = "the Distributed Map policy of iam-policies-eg-dist-map.html names execution:<machine>:*"
     auths = [
         Authorization("states:StartExecution", machine_arn),
         Authorization("states:DescribeExecution", child),
         Authorization("states:StopExecution", child),
+        Authorization("states:DescribeExecution", parent, implied=documented),
+        Authorization("states:StopExecution", parent, implied=documented),
     ]
     reader = state.get("ItemReader")
     if reader:

@@ -149,6 +149,37 @@ def test_execution_input_is_validated_or_refused_with_a_clear_error(s3, request,
     json.dumps(state)  # the state machine passes it on as JSON
 
 
+def test_a_snapshot_built_with_an_embedder_the_image_cannot_run_is_refused_before_the_task(
+        s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambda image embeds only from the bundles it carries (no torch, no model cache): Validate
+    refuses a snapshot whose embedder has none, naming it and the bundles there are, so the
+    execution ends before it pays for a task whose every chunk would fail."""
+    from ontosearch import embedder_bundle
+    from ontosearch.embedders import ENV_EMBEDDER_BUNDLES
+
+    event = {"request": {"input": f"s3://{BUCKET}/{WORKFLOW_INPUT_PREFIX}labels.txt", "ontology": "cl"},
+             "execution": "e-bundles"}
+    monkeypatch.delenv(ENV_EMBEDDER_BUNDLES, raising=False)
+    name = validate_lambda.handler(event)["job"]["embedder"]  # a local runner: any embedder it can load
+
+    bundles = tmp_path / "bundles"
+    for bundled in ("another-embedder", "all-MiniLM-L6-v2-int8"):
+        (bundles / embedder_bundle.bundle_slug(bundled)).mkdir(parents=True)
+        (bundles / embedder_bundle.bundle_slug(bundled) / embedder_bundle.BUNDLE_FILE).write_text(
+            json.dumps({"name": bundled}))
+    monkeypatch.setenv(ENV_EMBEDDER_BUNDLES, str(bundles))
+    with pytest.raises(InvalidInputError) as refused:
+        validate_lambda.handler(event)
+    message = str(refused.value)
+    assert repr(name) in message and "all-MiniLM-L6-v2-int8, another-embedder" in message
+    check_clear_error(refused.value)
+
+    own = bundles / embedder_bundle.bundle_slug(name)
+    own.mkdir()
+    (own / embedder_bundle.BUNDLE_FILE).write_text(json.dumps({"name": name}))
+    assert validate_lambda.handler(event)["job"]["embedder"] == name
+
+
 @PROPERTY_SETTINGS
 @given(execution=executions, index=st.integers(0, 99999))
 def test_execution_names_never_escape_the_work_and_results_folders(execution, index) -> None:

@@ -153,7 +153,8 @@ def test_state_machine_role_is_scoped_to_its_task_cluster_roles_and_lambdas(stac
 def test_the_distributed_map_may_run_its_children_and_reach_only_its_s3_objects(stack) -> None:
     """IAM policies for using Distributed Map states
     (https://docs.aws.amazon.com/step-functions/latest/dg/iam-policies-eg-dist-map.html): StartExecution
-    on the machine itself, Describe/StopExecution on its child executions, s3:GetObject on the
+    on the machine itself, Describe/StopExecution on its child executions and on execution:<name>:*
+    (the page's policy), s3:GetObject on the
     ItemReader's object, PutObject + multipart actions on the ResultWriter's prefix."""
     _, result = stack
     machine = result.one(SFN)
@@ -169,8 +170,10 @@ def test_the_distributed_map_may_run_its_children_and_reach_only_its_s3_objects(
               if action.startswith(("states:", "s3:"))}
     assert grants == {
         ("states:StartExecution", machine_arn),
-        ("states:DescribeExecution", f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:execution:{name}/*"),
-        ("states:StopExecution", f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:execution:{name}/*"),
+        # its child executions (execution:<name>/<label>:<id>) and, as the page's policy names them,
+        # execution:<name>:*
+        *((action, f"arn:aws:states:us-east-1:{MOCK_ACCOUNT}:execution:{name}{tail}")
+          for action in ("states:DescribeExecution", "states:StopExecution") for tail in ("/*", ":*")),
         ("s3:GetObject", f"{work}/{steps.CHUNK_MANIFEST_NAME}"),
         *((action, f"{work}/{steps.MAP_RESULTS_NAME}/*") for action in
           ("s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload")),

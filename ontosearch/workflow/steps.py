@@ -229,6 +229,7 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
                 f"snapshot {snapshot} has no collection for ontology {canonical} (it has: {have}); "
                 "build and publish a snapshot that includes it"
             )
+        problems += _embedder_problems(manifest.embedder["name"], snapshot)
     if problems:
         raise InvalidInputError("invalid input: " + "; ".join(problems))
     job = {
@@ -245,6 +246,20 @@ def validate(request: Any, execution: str, s3: Any, bucket: str, chunk_size: int
         "chunk_size": int(chunk_size),
     }
     return {"job": job, "saved": {"version": None}}
+
+
+def _embedder_problems(name: str, snapshot: str) -> list[str]:
+    """Where the query step embeds from bundles only (the Lambda image: ONTOSEARCH_EMBEDDER_BUNDLES
+    set, no torch or model cache), a snapshot built with an embedder it has no bundle for is refused
+    here, before the task starts, instead of failing every chunk after it has."""
+    from ontosearch.embedder_bundle import bundled_names, bundles_root, find_bundle
+
+    if bundles_root() is None or find_bundle(name) is not None:
+        return []
+    have = ", ".join(bundled_names()) or "none"
+    return [f"snapshot {snapshot} was built with embedder {name!r}, which this deployment's query step "
+            f"cannot run (its image has bundles for: {have}); publish a snapshot built with one of "
+            "those, or add an `embedder-bundle export` of it to lambdas/Dockerfile and deploy again"]
 
 
 def _resolve_snapshot(s3: Any, bucket: str, snapshot: str) -> tuple[Any, str]:

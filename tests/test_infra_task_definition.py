@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -245,14 +246,14 @@ def test_images_are_built_for_arm64_and_pushed_to_stack_ecr_repositories(stack):
     assert nginx["dockerfile"]["inline"].strip() == f"FROM {c.NGINX_IMAGE}"
 
 
-def test_project_dockerfile_installs_only_boto3_and_the_package():
+def test_project_dockerfile_installs_only_boto3_zstandard_and_the_package():
     text = (ROOT / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim-trixie$", text, re.M)
     assert "COPY ontosearch/ /app/ontosearch/" in text
     assert "pip install -r /tmp/requirements.txt" in text
     pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
             if line and not line.startswith("#")]
-    assert [p.split("==")[0] for p in pins] == ["boto3"]
+    assert [p.split("==")[0] for p in pins] == ["boto3", "zstandard"]
     for heavy in ("chromadb", "torch", "numpy"):
         assert f"pip install {heavy}" not in text
 
@@ -272,11 +273,12 @@ def test_extra_containers_are_appended_and_names_stay_unique():
         build_containers(spec, extra_containers=[{"name": c.PROXY_CONTAINER, "image": "x"}])
 
 
-# The project image installs only boto3 on top of python:3.11-slim (docker/Dockerfile). Simulate it:
-# block every import that is neither stdlib nor boto3's own dependency tree nor this package.
+# The project image installs only boto3 and zstandard on top of python:3.11-slim (docker/Dockerfile).
+# Simulate it: block every import that is neither stdlib nor those packages' trees nor this package.
 _IMAGE_IMPORT_GUARD = r"""
 import importlib, importlib.abc, runpy, sys
-ALLOWED = {"ontosearch", "boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six"}
+ALLOWED = {"ontosearch", "boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six",
+           "zstandard"}
 class NotInImage(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         top = name.split(".")[0]
@@ -305,6 +307,26 @@ def test_commands_of_the_project_image_need_only_stdlib_and_boto3(command):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower()
+
+
+@pytest.mark.parametrize("compression", ["gz", "xz", "zst"])
+def test_the_project_image_restores_every_compression_build_snapshot_writes(compression, tmp_path):
+    """build-snapshot offers each of these (manifest.COMPRESSIONS); the task's restore container runs
+    the project image, so a snapshot in any of them must unpack with only that image's packages."""
+    import subprocess
+    import sys
+
+    from snapshot_helpers import make_snapshot
+
+    from ontosearch.manifest import COMPRESSIONS
+
+    assert compression in COMPRESSIONS and set(COMPRESSIONS) == {"gz", "xz", "zst"}
+    make_snapshot(tmp_path, tmp_path / "snapshot", {"cl_restore": 12}, compression=compression)
+    proc = subprocess.run([sys.executable, "-c", _IMAGE_IMPORT_GUARD, c.RESTORE_CONTAINER + "-snapshot",
+                           "--from", str(tmp_path / "snapshot"), "--into", str(tmp_path / "data")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["collections"] == ["cl_restore"]
 
 
 def test_image_import_guard_refuses_a_package_the_image_lacks():

@@ -69,9 +69,14 @@ def token_from_secret(arn: str) -> str:
         try:
             response = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise ConnectError(f"could not read the token secret {arn} ({code}); check the ARN and that "
-                               "this role may call secretsmanager:GetSecretValue on it") from None
+            error = exc.response.get("Error", {})
+            code, said = error.get("Code", "error"), str(error.get("Message", "")).strip()
+            detail = f"{code}: {said}" if said else code
+            # The stack's token secrets are encrypted with its own KMS key: reading one needs
+            # kms:Decrypt on that key (the stack output kms_key_arn) as well as GetSecretValue.
+            raise ConnectError(f"could not read the token secret {arn} ({detail}); "
+                               "check the ARN and that this role may call secretsmanager:GetSecretValue on "
+                               "it and kms:Decrypt on the stack's key (output kms_key_arn)") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise ConnectError(f"could not read the token secret {arn}: {exc}") from None
         if "SecretString" not in response:
@@ -126,13 +131,34 @@ def _parse_url(url: str) -> tuple[str, int, bool, str]:
     return parsed.hostname, port, ssl, base
 
 
-def _get(url: str, headers: dict[str, str], timeout: float) -> int:
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are answered, not followed: urllib would resend the token header to wherever the
+    server points (an http:// URL of a stack whose port 80 redirects to https would send the token in
+    clear first), and chromadb's client does not follow them at all."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+REDIRECTS = {301, 302, 303, 307, 308}
+
+
+def _get(url: str, headers: dict[str, str], timeout: float) -> tuple[int, str]:
+    """(HTTP status, Location header or "") of a GET that follows no redirect."""
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(response.status)
+        with _OPENER.open(request, timeout=timeout) as response:
+            return int(response.status), ""
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), str(exc.headers.get("Location") or "")
+
+
+def _redirect_problem(base_url: str, status: int, location: str) -> str:
+    target = urllib.parse.urlsplit(location)
+    suggestion = f"{target.scheme}://{target.netloc}" if target.scheme and target.netloc else location
+    return (f"Chroma at {base_url} redirects (HTTP {status}) to {location or 'another URL'}; set {ENV_URL} "
+            f"to {suggestion or 'the URL it redirects to'} (the token is sent only where {ENV_URL} points)")
 
 
 def check_server(base_url: str, token: str, timeout: float = 5.0, wait: float = 0.0) -> None:
@@ -146,7 +172,9 @@ def check_server(base_url: str, token: str, timeout: float = 5.0, wait: float = 
     deadline = time.monotonic() + max(wait, 0.0)
     while True:
         try:
-            status = _get(base_url + HEARTBEAT_PATH, {}, timeout)
+            status, location = _get(base_url + HEARTBEAT_PATH, {}, timeout)
+            if status in REDIRECTS:
+                raise ConnectError(_redirect_problem(base_url, status, location))
             problem = None if status == 200 else f"heartbeat answered HTTP {status}"
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -158,9 +186,11 @@ def check_server(base_url: str, token: str, timeout: float = 5.0, wait: float = 
                                f"{ENV_URL} and that the server (or `python -m ontosearch serve`) is running")
         time.sleep(0.25)
     try:
-        status = _get(base_url + IDENTITY_PATH, {TOKEN_HEADER: token}, timeout)
+        status, location = _get(base_url + IDENTITY_PATH, {TOKEN_HEADER: token}, timeout)
     except (OSError, urllib.error.URLError) as exc:
         raise ConnectError(f"Chroma at {base_url} stopped answering: {getattr(exc, 'reason', exc)}") from None
+    if status in REDIRECTS:
+        raise ConnectError(_redirect_problem(base_url, status, location))
     if status == 401:
         raise ConnectError(f"the server at {base_url} refused the token (HTTP 401); check {ENV_TOKEN} or "
                            f"{ENV_TOKEN_SECRET_ARN} (serve prints where its tokens are)")
@@ -205,7 +235,11 @@ def connect(
         check_server(base, resolved, wait=wait)
         import chromadb
 
-        client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers={TOKEN_HEADER: resolved})
+        try:
+            client = chromadb.HttpClient(host=host, port=port, ssl=ssl, headers={TOKEN_HEADER: resolved})
+        except Exception as exc:  # noqa: BLE001 - the constructor's own requests; say what failed
+            raise ConnectError(f"the Chroma client could not open {base}: {type(exc).__name__}: "
+                               f"{exc or 'no message'}") from None
         if timeout is not None:
             _set_request_timeout(client, timeout)
         return client

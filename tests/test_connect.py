@@ -231,3 +231,48 @@ def test_a_malformed_secret_arn_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(ENV_TOKEN_SECRET_ARN, "my-secret")
     with pytest.raises(ConnectError, match="is not a Secrets Manager secret ARN"):
         connect(url="http://127.0.0.1:1")
+
+
+def test_a_server_that_redirects_is_named_and_never_gets_the_token() -> None:
+    """A stack's ALB answers http:// with a redirect to https:// (components/chroma_service.py). urllib
+    would follow it and resend the token header, in clear first; chromadb's client then fails with a
+    bare ValueError. The check follows no redirect: it names the URL to use, and nothing, neither the
+    redirecting server nor its target, has seen the token."""
+    import http.server
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Target(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(("target", dict(self.headers)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+    target_url = f"http://127.0.0.1:{target.server_address[1]}"
+
+    class Redirect(Target):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(("redirect", dict(self.headers)))
+            self.send_response(301)
+            self.send_header("Location", target_url + self.path)
+            self.end_headers()
+
+    redirect = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (target, redirect)]
+    for thread in threads:
+        thread.start()
+    try:
+        with pytest.raises(ConnectError) as refused:
+            connect(url=f"http://127.0.0.1:{redirect.server_address[1]}", token=READ)
+        assert "redirects (HTTP 301)" in str(refused.value) and f"to {target_url}" in str(refused.value)
+        assert [where for where, _ in seen] == ["redirect"]
+        assert all(READ not in json.dumps(headers) for _, headers in seen)
+    finally:
+        for s in (target, redirect):
+            s.shutdown()
+            s.server_close()

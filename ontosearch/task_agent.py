@@ -78,18 +78,26 @@ def _env_float(name: str, default: float | None = None) -> float:
         raise AgentStop(2, f"environment variable {name}={value!r} is not a number") from None
 
 
+def execution_start_from_env() -> float | None:
+    """Epoch seconds of the execution's start ($$.Execution.StartTime), None when not given."""
+    started = os.environ.get(ENV_TASK_EXECUTION_START, "")
+    if not started:
+        return None
+    try:
+        start = datetime.fromisoformat(started.replace("Z", "+00:00"))
+    except ValueError:
+        raise AgentStop(2, f"{ENV_TASK_EXECUTION_START}={started!r} is not an ISO 8601 time") from None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    return start.timestamp()
+
+
 def deadline_from_env(now: float | None = None) -> float:
     """Epoch seconds at which the task must be gone: execution start + TASK_DEADLINE_SECONDS."""
     seconds = _env_float(ENV_TASK_DEADLINE_SECONDS)
-    started = os.environ.get(ENV_TASK_EXECUTION_START, "")
-    if started:
-        try:
-            start = datetime.fromisoformat(started.replace("Z", "+00:00"))
-        except ValueError:
-            raise AgentStop(2, f"{ENV_TASK_EXECUTION_START}={started!r} is not an ISO 8601 time") from None
-        if start.tzinfo is None:
-            start = start.replace(tzinfo=UTC)
-        return start.timestamp() + seconds
+    start = execution_start_from_env()
+    if start is not None:
+        return start + seconds
     return (now if now is not None else time.time()) + seconds
 
 
@@ -239,9 +247,11 @@ class Agent:
 class Saver:
     """Answers the execution's save request: publish the task's data, then report the version."""
 
-    def __init__(self, s3: Any, bucket: str, execution: str, data_dir: str, every: float = 2.0) -> None:
+    def __init__(self, s3: Any, bucket: str, execution: str, data_dir: str, every: float = 2.0,
+                 execution_start: float | None = None) -> None:
         from ontosearch.workflow.steps import save_request_key
 
+        self.execution_start = execution_start  # a request from before it is an earlier execution's
         self.s3 = s3
         self.bucket = bucket
         self.key = save_request_key(execution)
@@ -257,7 +267,7 @@ class Saver:
             return
         self.next_check = time.time() + self.every
         try:
-            request = read_save_request(self.s3, self.bucket, self.key)
+            request = read_save_request(self.s3, self.bucket, self.key, not_before=self.execution_start)
         except Exception as exc:  # keep serving; the SaveSnapshot state times out if this persists
             log(f"cannot read the save request s3://{self.bucket}/{self.key}: {exc}")
             return
@@ -320,7 +330,8 @@ def main(argv: list[str]) -> int:
         saver = None
         bucket, execution = os.environ.get(ENV_WORKFLOW_BUCKET), os.environ.get(ENV_TASK_EXECUTION_NAME)
         if bucket and execution:
-            saver = Saver(boto3.client("s3"), bucket, execution, args.data_dir)
+            saver = Saver(boto3.client("s3"), bucket, execution, args.data_dir,
+                          execution_start=execution_start_from_env())
         agent = Agent(boto3.client("stepfunctions"), task_token, args.proxy_url, chroma_token, deadline,
                       ready_timeout, heartbeat, poll=args.poll, saver=saver)
         log(f"waiting for the proxy at {args.proxy_url}; deadline in {deadline - time.time():.0f} s")

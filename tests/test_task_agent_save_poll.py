@@ -78,3 +78,26 @@ def test_the_agent_polls_quietly_while_no_save_was_asked(s3, capsys) -> None:
     assert not saver.done
     assert "cannot read the save request" not in capsys.readouterr().err
     assert {name for name, _ in s3.sent} == {"ListObjectsV2"}
+
+
+def test_a_request_left_by_an_earlier_execution_of_the_same_name_is_not_answered(s3) -> None:
+    """A STANDARD execution's name may be used again 90 days after the last one closed, and nothing
+    deletes the old work folder: its save request (with a long-expired token) must not make the new
+    execution's task publish a snapshot nobody asked for. A request written after the start is read."""
+    import time
+
+    from ontosearch.workflow.save import STALE_BEFORE_START_SECONDS
+
+    key = save_request_key(EXECUTION)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps({"token": "old"}).encode())
+    written = s3.head_object(Bucket=BUCKET, Key=key)["LastModified"].timestamp()
+    later = written + 91 * 24 * 3600  # the new execution started 91 days later
+    assert read_save_request(s3, BUCKET, key, not_before=later) is None
+    saver = Saver(s3, BUCKET, EXECUTION, "/nonexistent", every=0.0, execution_start=later)
+    saver.poll(agent=None)  # nothing to answer: it must not touch the agent
+    assert not saver.done
+    # within the clock slack, and without a start, it is this execution's own request
+    assert read_save_request(s3, BUCKET, key, not_before=written + STALE_BEFORE_START_SECONDS / 2) == {
+        "token": "old"}
+    assert read_save_request(s3, BUCKET, key, not_before=time.time()) == {"token": "old"}
+    assert read_save_request(s3, BUCKET, key) == {"token": "old"}

@@ -45,8 +45,19 @@ def save_data_dir(data_dir: str | Path, bucket: str, s3: Any = None, log: Any = 
     return str(result.version)
 
 
-def read_save_request(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+# A request written this long before the execution started is not its own: an execution name can
+# be used again 90 days after the last one closed (StartExecution, "name"), and nothing deletes the
+# old execution's work folder. The slack only absorbs clock differences between S3 and Step Functions.
+STALE_BEFORE_START_SECONDS = 3600.0
+
+
+def read_save_request(s3: Any, bucket: str, key: str,
+                      not_before: float | None = None) -> dict[str, Any] | None:
     """The pending save request, or None while there is none.
+
+    `not_before` (epoch seconds: the execution's start): a request last written more than
+    STALE_BEFORE_START_SECONDS before it was left by an earlier execution of the same name, and is
+    not answered (its task token is long gone; answering would publish an unrequested snapshot).
 
     Asked by listing the exact key first (ListObjectsV2, s3:ListBucket with s3:prefix = the key),
     not by a GetObject that fails: S3 answers a GetObject of a missing key with 403 instead of 404
@@ -58,7 +69,12 @@ def read_save_request(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     """
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     # The key itself sorts before every longer key starting with it, so one entry tells.
-    if not any(obj.get("Key") == key for obj in listing.get("Contents", [])):
+    found = next((obj for obj in listing.get("Contents", []) if obj.get("Key") == key), None)
+    if found is None:
+        return None
+    written = found.get("LastModified")
+    if not_before is not None and written is not None and \
+            written.timestamp() < not_before - STALE_BEFORE_START_SECONDS:
         return None
     try:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()

@@ -18,10 +18,8 @@ import argparse
 import csv
 import itertools
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +38,7 @@ from ontosearch.label_io import (
     publish_file,
     read_labels,
 )
+from ontosearch.sigterm import sigterm_raises
 
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 100
@@ -419,27 +418,18 @@ def annotate_stream(
     return failed
 
 
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a container stop, `kill`) cleans up like Ctrl-C: no temp file left behind.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (a container stop, `kill`) cleans up like Ctrl-C: no temp file left behind.
     try:
-        return run(args)
+        with sigterm_raises():
+            return run(args)
     except (AnnotateError, LabelFileError) as exc:
         _err(f"annotate: {exc}")
         return 2
     except KeyboardInterrupt:
         _err("annotate: interrupted; no output written")
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from typing import Any
 from ontosearch.archive import ArchiveError, check_archive_file, extract_archive
 from ontosearch.constants import CHROMA_VERSION, RESTORED_MANIFEST_NAME, SNAPSHOT_PREFIX
 from ontosearch.manifest import VERSION_PATTERN, Manifest, ManifestError
+from ontosearch.sigterm import sigterm_raises
 from ontosearch.snapshot_store import (
     Pointer,
     SnapshotStore,
@@ -441,26 +441,18 @@ class Stopped(SystemExit):
     """SIGTERM arrived: ECS is stopping the task (scale-in, replacement, the workflow's StopTask)."""
 
 
-def _stop_on_sigterm(signum: int, _frame: Any) -> None:
-    raise Stopped(128 + signum)
-
-
 def main(argv: list[str]) -> int:
     """The restore container's command. It runs as the container's PID 1 (no init process), and the
     kernel delivers no signal to PID 1 that it has no handler for: without one, ECS's SIGTERM is
     ignored and the container is killed only after stopTimeout (30 s on Fargate by default;
     https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html, stopTimeout),
     e.g. while it waits for a first snapshot. So SIGTERM ends it at once, with status 143."""
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        try:
+    try:
+        with sigterm_raises(lambda signum: Stopped(128 + signum)):
             return _main(argv)
-        except Stopped:
-            print("restore-snapshot: stopped by SIGTERM before the snapshot was in place", file=sys.stderr)
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    return _main(argv)
+    except Stopped:
+        print("restore-snapshot: stopped by SIGTERM before the snapshot was in place", file=sys.stderr)
+        raise
 
 
 def _main(argv: list[str]) -> int:

@@ -16,10 +16,8 @@ import argparse
 import multiprocessing
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ from ontosearch.archive import (
 )
 from ontosearch.constants import CHROMA_VERSION, MANIFEST_NAME, ONTOLOGIES, SNAPSHOT_FORMAT_VERSION
 from ontosearch.manifest import ArchiveInfo, CollectionInfo, Manifest, ManifestError, utc_now_iso
+from ontosearch.sigterm import sigterm_raises
 
 Log = Callable[[str], None]
 
@@ -161,10 +160,6 @@ def _stop(process: Any, grace: float = 10.0) -> None:
     if process.is_alive():
         process.kill()
         process.join(grace)
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def verify_with_server(persist_dir: str | Path, manifest: Manifest, log: Log) -> None:
@@ -362,18 +357,13 @@ def main(argv: list[str]) -> int:
                         help="embed labels only (synonyms stay in metadata)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        # SIGTERM (`kill`, a container stop) cleans up like Ctrl-C: no indexing process left behind.
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM (`kill`, a container stop) cleans up like Ctrl-C: no indexing process left behind.
     try:
-        return _run(args)
+        with sigterm_raises():
+            return _run(args)
     except KeyboardInterrupt:
         print("build-snapshot: interrupted; no snapshot written", file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
